@@ -2,7 +2,9 @@
 # Build the pinned real components of the local fleet (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, kwok, OCM registration + work,
 # an OCI registry) from the Go modules under ci/go/ into a cache outside the
-# repository, keyed by a hash of those modules' go.mod/go.sum files.
+# repository, keyed by a hash of those modules' go.mod/go.sum files and the Go
+# version (each binary is also cached on its own, so bumping one module only
+# rebuilds that module's binaries).
 #
 #   ci/build-bins.sh           build what is missing, print the bin directory last
 #   ci/build-bins.sh --print   print the bin directory only (no build; exit 1 if incomplete)
@@ -29,18 +31,24 @@ bins=(
   "registration|ocm|open-cluster-management.io/ocm/cmd/registration"
   "work|ocm|open-cluster-management.io/ocm/cmd/work"
   "registry|registry|github.com/distribution/distribution/v3/cmd/registry"
+  "kubectl|kubectl|k8s.io/kubernetes/cmd/kubectl"
 )
 
+command -v go >/dev/null || { echo "build-bins: 'go' is not on PATH" >&2; exit 1; }
+goversion="$(go env GOVERSION)"
+
+# Key of one Go module: Go version + its go.mod + go.sum. A binary is cached
+# under objs/<name>-<module key>, so bumping one module rebuilds only its binaries.
+modkey() {
+  { echo "$goversion"; cat "$gomods/$1/go.mod" "$gomods/$1/go.sum"; } | sha256sum | cut -c1-16
+}
+
+# Key of the whole set (what the harness uses): all entries with their module keys.
 key="$(
-  cd "$gomods"
-  {
-    go env GOVERSION 2>/dev/null || echo nogo
-    for f in $(ls -1 */go.mod */go.sum | LC_ALL=C sort); do
-      echo "$f"
-      cat "$f"
-    done
-    printf '%s\n' "${bins[@]}"
-  } | sha256sum | cut -c1-16
+  for entry in "${bins[@]}"; do
+    IFS='|' read -r name mod pkg <<<"$entry"
+    echo "$name $pkg $(modkey "$mod")"
+  done | sha256sum | cut -c1-16
 )"
 dir="$root/$key"
 
@@ -62,16 +70,19 @@ if complete; then
   exit 0
 fi
 
-command -v go >/dev/null || { echo "build-bins: 'go' is not on PATH" >&2; exit 1; }
-
 # One builder at a time per cache root.
 exec 9>"$root/.lock"
 if ! flock -w 7200 9; then
   echo "build-bins: timed out waiting for another build-bins.sh" >&2
   exit 1
 fi
+if complete; then # another build-bins.sh finished it while we waited
+  ln -sfn "$key" "$root/current"
+  echo "$dir"
+  exit 0
+fi
 
-mkdir -p "$dir"
+mkdir -p "$dir" "$root/objs"
 export GOFLAGS="-trimpath -mod=readonly"
 export CGO_ENABLED=0
 # some modules (e.g. sigs.k8s.io/about-api) are not in the checksum database
@@ -85,22 +96,24 @@ start_all=$(date +%s)
 for entry in "${bins[@]}"; do
   i=$((i + 1))
   IFS='|' read -r name mod pkg <<<"$entry"
-  out="$dir/$name"
+  out="$root/objs/$name-$(modkey "$mod")"
   if [[ -x "$out" ]]; then
     echo "build-bins: [$i/$total] $name: cached" >&2
+    ln -f "$out" "$dir/$name" 2>/dev/null || cp -f "$out" "$dir/$name"
     continue
   fi
   echo "build-bins: [$i/$total] $name: building $pkg (in ci/go/$mod) ..." >&2
   t0=$(date +%s)
   (cd "$gomods/$mod" && go build -p 2 -ldflags='-s -w' -o "$out.tmp" "$pkg")
   mv "$out.tmp" "$out"
+  ln -f "$out" "$dir/$name" 2>/dev/null || cp -f "$out" "$dir/$name"
   echo "build-bins: [$i/$total] $name: done in $(($(date +%s) - t0))s ($(du -h "$out" | cut -f1))" >&2
 done
 
 {
   echo "key=$key"
   echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "go=$(go env GOVERSION)"
+  echo "go=$goversion"
   echo "seconds=$(($(date +%s) - start_all))"
 } >"$dir/.complete"
 ln -sfn "$key" "$root/current"
