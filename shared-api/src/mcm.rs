@@ -1,0 +1,107 @@
+//! `ManagedClusterModule` (hub.kmm.sigs.x-k8s.io/v1beta1): a Module for every selected managed
+//! cluster, built, signed and pinned once on the hub.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::module::{DaemonSetStatus, ModuleSpec};
+
+/// A Module spec sent to every ManagedCluster matching `selector`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "hub.kmm.sigs.x-k8s.io",
+    version = "v1beta1",
+    kind = "ManagedClusterModule",
+    plural = "managedclustermodules",
+    shortname = "mcm",
+    derive = "PartialEq",
+    status = "ManagedClusterModuleStatus",
+    printcolumn = r#"{"name":"Applied","type":"integer","description":"Clusters whose ManifestWork is applied","jsonPath":".status.numberApplied"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","description":"Clusters matching the selector","jsonPath":".status.numberDesired"}"#,
+    printcolumn = r#"{"name":"Degraded","type":"integer","description":"Clusters with a problem","jsonPath":".status.numberDegraded"}"#,
+    printcolumn = r#"{"name":"Spoke Namespace","type":"string","jsonPath":".spec.spokeNamespace","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterModuleSpec {
+    /// The Module spec; build and sign run on the hub and are removed before it reaches a spoke.
+    pub module_spec: ModuleSpec,
+    /// Namespace of the Module on the spokes.
+    #[schemars(length(min = 1, max = 63))]
+    pub spoke_namespace: String,
+    /// ManagedCluster labels that select the clusters.
+    pub selector: BTreeMap<String, String>,
+}
+
+/// Fleet-wide state of a ManagedClusterModule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterModuleStatus {
+    /// Clusters matching the selector.
+    #[serde(default)]
+    pub number_desired: i32,
+    /// Clusters whose ManifestWork the work agent applied.
+    #[serde(default)]
+    pub number_applied: i32,
+    /// Clusters with a problem (no kernel claim, missing image, failed apply).
+    #[serde(default)]
+    pub number_degraded: i32,
+    /// Per-cluster detail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub clusters: Vec<ClusterModuleStatus>,
+    /// Conditions: `Progressing`, `Available`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Generation of the spec this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// State of one selected cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterModuleStatus {
+    /// Name of the ManagedCluster.
+    pub name: String,
+    /// Kernel versions the cluster reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernels: Vec<String>,
+    /// Image per kernel.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<KernelImageStatus>,
+    /// Whether the work agent applied the ManifestWork.
+    #[serde(default)]
+    pub applied: bool,
+    /// Why the cluster has no work yet or is degraded; empty when all is well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Module loading on the cluster, read back from the ManifestWork's status feedback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_loader: Option<DaemonSetStatus>,
+    /// Device plugin on the cluster, read back from the ManifestWork's status feedback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_plugin: Option<DaemonSetStatus>,
+}
+
+/// The kmod image for one kernel.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelImageStatus {
+    /// Kernel version.
+    pub kernel_version: String,
+    /// Image reference after variable substitution, as written in the spec.
+    pub image: String,
+    /// The pinned reference sent to the spoke (`repo@sha256:...`), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
+    /// `Ready`, `Missing`, `Building`, `Signing` or `Failed`.
+    pub state: String,
+    /// Detail for states other than `Ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,373 @@
+//! `Module` (kmm.sigs.x-k8s.io/v1beta1): one out-of-tree kernel module and its device plugin.
+//!
+//! Field names, optionality and defaults follow upstream KMM so that existing YAML applies
+//! unchanged. Rules that the API server can check cheaply are CEL `x-kubernetes-validations`;
+//! the full rule set lives in [`crate::validation`] and is shared with the admission webhooks.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements, Toleration, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default directory inside the kmod image under which `lib/modules/<kernel>` is searched.
+pub const DEFAULT_DIR_NAME: &str = "/opt";
+
+fn default_dir_name() -> String {
+    DEFAULT_DIR_NAME.to_owned()
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Desired state of a kernel module on the nodes of one cluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "kmm.sigs.x-k8s.io",
+    version = "v1beta1",
+    kind = "Module",
+    plural = "modules",
+    shortname = "mod",
+    namespaced,
+    derive = "PartialEq",
+    status = "ModuleStatus",
+    printcolumn = r#"{"name":"Selected","type":"integer","description":"Nodes matching the selector","jsonPath":".status.moduleLoader.nodesMatchingSelectorNumber"}"#,
+    printcolumn = r#"{"name":"Loaded","type":"integer","description":"Nodes where the module is loaded","jsonPath":".status.moduleLoader.availableNumber"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","description":"Nodes that should have the module loaded","jsonPath":".status.moduleLoader.desiredNumber"}"#,
+    printcolumn = r#"{"name":"Plugins","type":"integer","description":"Nodes with a ready device plugin","jsonPath":".status.devicePlugin.availableNumber","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.moduleLoader) || has(self.devicePlugin)").message("at least one of moduleLoader and devicePlugin must be set")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleSpec {
+    /// Loads the kernel module on the selected nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_loader: Option<ModuleLoaderSpec>,
+    /// Runs a device plugin on the nodes where the module is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_plugin: Option<DevicePluginSpec>,
+    /// Secret with registry credentials, used to pull the kmod and device plugin images and, on
+    /// the hub, to push built and signed images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_repo_secret: Option<LocalObjectReference>,
+    /// Node labels that select where the module is loaded.
+    pub selector: BTreeMap<String, String>,
+    /// Taints of selected nodes that the worker and device plugin pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+/// How the kernel module is loaded.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleLoaderSpec {
+    /// The module loader container.
+    pub container: ModuleLoaderContainerSpec,
+    /// ServiceAccount of the worker pods. Defaults per namespace (see the security section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+/// Image, kernel mappings and modprobe settings of the module loader.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.version) == has(oldSelf.version)").message("version cannot be added or removed on update; recreate the Module to change between versioned and unversioned").reason(Reason::FieldValueForbidden)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleLoaderContainerSpec {
+    /// modprobe settings.
+    pub modprobe: ModprobeSpec,
+    /// Version of the module, for ordered upgrades driven by node labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Pull policy of the kmod image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Default build instructions for kernel mappings that have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// Default signing instructions for kernel mappings that have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign: Option<Sign>,
+    /// Default kmod image for kernel mappings that have none. Variables are substituted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
+    /// Deprecated: use `inTreeModulesToRemove`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_tree_module_to_remove: Option<String>,
+    /// In-tree modules to unload before loading this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_tree_modules_to_remove: Option<Vec<String>>,
+    /// Kernel versions this module supports; the first matching mapping wins.
+    #[serde(default)]
+    pub kernel_mappings: Vec<KernelMapping>,
+    /// TLS options used to check whether the kmod image exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_tls: Option<TlsOptions>,
+}
+
+/// Image pull policy (same values as a container's).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull if the image is not on the node.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The value as written in a pod spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// How modprobe loads and unloads the module.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    cel,
+    validation = Rule::new("(has(self.moduleName) && self.moduleName != '') != has(self.rawArgs)").message("exactly one of moduleName and rawArgs must be set"),
+    validation = Rule::new("!has(self.modulesLoadingOrder) || size(self.modulesLoadingOrder) == 0 || (size(self.modulesLoadingOrder) >= 2 && has(self.moduleName) && self.modulesLoadingOrder[0] == self.moduleName)").message("modulesLoadingOrder must list at least 2 modules and start with moduleName")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModprobeSpec {
+    /// Name of the kernel module to load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_name: Option<String>,
+    /// Parameters passed to modprobe when loading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
+    /// Directory in the image where `lib/modules/<kernel>` lives.
+    #[serde(default = "default_dir_name")]
+    pub dir_name: String,
+    /// Extra modprobe arguments for load and unload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<ModprobeArgs>,
+    /// Complete modprobe command lines, used instead of moduleName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_args: Option<ModprobeArgs>,
+    /// Directory in the image whose content is copied to the node's firmware directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_path: Option<String>,
+    /// Soft dependencies: modules to load, the last first; the first entry is moduleName.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub modules_loading_order: Vec<String>,
+}
+
+impl Default for ModprobeSpec {
+    fn default() -> Self {
+        Self {
+            module_name: None,
+            parameters: Vec::new(),
+            dir_name: default_dir_name(),
+            args: None,
+            raw_args: None,
+            firmware_path: None,
+            modules_loading_order: Vec::new(),
+        }
+    }
+}
+
+/// modprobe arguments for loading and unloading.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ModprobeArgs {
+    /// Arguments when loading.
+    #[schemars(length(min = 1))]
+    pub load: Vec<String>,
+    /// Arguments when unloading.
+    #[schemars(length(min = 1))]
+    pub unload: Vec<String>,
+}
+
+/// Maps kernel versions to a kmod image and, optionally, how to build and sign it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    cel,
+    validation = Rule::new("(has(self.literal) && self.literal != '') != (has(self.regexp) && self.regexp != '')").message("exactly one of literal and regexp must be set")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelMapping {
+    /// Build instructions for this mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// Signing instructions for this mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign: Option<Sign>,
+    /// kmod image for matching kernels. Variables are substituted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
+    /// Kernel version this mapping matches exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub literal: Option<String>,
+    /// Regular expression the kernel version must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regexp: Option<String>,
+    /// Deprecated: use `inTreeModulesToRemove`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_tree_module_to_remove: Option<String>,
+    /// In-tree modules to unload before loading this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_tree_modules_to_remove: Option<Vec<String>>,
+    /// TLS options used to check whether the kmod image exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_tls: Option<TlsOptions>,
+}
+
+/// TLS options of a registry connection.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsOptions {
+    /// Allow plain HTTP. Avoid.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure: bool,
+    /// Skip verification of the server certificate. Avoid.
+    #[serde(default, skip_serializing_if = "is_false", rename = "insecureSkipTLSVerify")]
+    pub insecure_skip_tls_verify: bool,
+}
+
+/// In-cluster build of a kmod image (runs on the hub in a hub-and-spoke setup).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Build {
+    /// Build arguments; KERNEL_VERSION, KERNEL_FULL_VERSION, MOD_NAME and MOD_NAMESPACE are set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub build_args: Vec<BuildArg>,
+    /// Secrets mounted in the build at `/run/secrets/<name>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<LocalObjectReference>,
+    /// TLS options for pulling the base images named in the Dockerfile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image_registry_tls: Option<TlsOptions>,
+    /// ConfigMap holding the Dockerfile under the key `dockerfile` or `Dockerfile`.
+    pub dockerfile_config_map: Option<LocalObjectReference>,
+    /// Node selector of the build pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    /// Executor parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kaniko_params: Option<KanikoParams>,
+}
+
+/// Parameters of the kaniko-compatible build executor.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct KanikoParams {
+    /// Tag of the executor image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// A build argument.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct BuildArg {
+    /// Name of the argument.
+    pub name: String,
+    /// Value of the argument.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Secure Boot signing of the modules inside a kmod image.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sign {
+    /// Image with the unsigned modules; defaults to the built image, or containerImage itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsigned_image: Option<String>,
+    /// TLS options for pulling the unsigned image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsigned_image_registry_tls: Option<TlsOptions>,
+    /// Secret holding the private key under the key `key`.
+    pub key_secret: Option<LocalObjectReference>,
+    /// Secret holding the certificate under the key `cert`.
+    pub cert_secret: Option<LocalObjectReference>,
+    /// Paths inside the image of the modules to sign. Variables are substituted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_to_sign: Vec<String>,
+}
+
+/// The device plugin DaemonSet.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePluginSpec {
+    /// The device plugin container.
+    pub container: DevicePluginContainerSpec,
+    /// An init container run before the device plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_container: Option<DevicePluginContainerSpec>,
+    /// ServiceAccount of the device plugin pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Volumes of the device plugin pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+/// A container of the device plugin pod.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePluginContainerSpec {
+    /// Arguments of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Command of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Environment of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Image of the container.
+    pub image: String,
+    /// Pull policy of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Resources of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Volume mounts of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+}
+
+/// Observed state of a Module.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleStatus {
+    /// Device plugin pods.
+    #[serde(default)]
+    pub device_plugin: DaemonSetStatus,
+    /// Module loading.
+    #[serde(default)]
+    pub module_loader: DaemonSetStatus,
+    /// Conditions: `Progressing`, `Available`, `Degraded` and the reason for each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Node counts of one part of a Module.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetStatus {
+    /// Nodes matching the selector.
+    #[serde(default)]
+    pub nodes_matching_selector_number: i32,
+    /// Nodes that should run it.
+    #[serde(default)]
+    pub desired_number: i32,
+    /// Nodes where it is running and ready.
+    #[serde(default)]
+    pub available_number: i32,
+}

@@ -1,0 +1,123 @@
+//! `NodeModulesConfig` (kmm.sigs.x-k8s.io/v1beta1): per node, the modules that should be loaded
+//! (spec, written by the Module controller) and those that are (status, written by the node
+//! controller after its worker pods succeed).
+
+use k8s_openapi::api::core::v1::{LocalObjectReference, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::module::{ImagePullPolicy, ModprobeSpec};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Modules that should be loaded on one node; named after the node.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kmm.sigs.x-k8s.io",
+    version = "v1beta1",
+    kind = "NodeModulesConfig",
+    plural = "nodemodulesconfigs",
+    shortname = "nmc",
+    derive = "PartialEq",
+    status = "NodeModulesConfigStatus",
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeModulesConfigSpec {
+    /// Modules that should be on the node.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["namespace", "name"]))]
+    pub modules: Vec<NodeModuleSpec>,
+}
+
+/// One module that should be on a node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeModuleSpec {
+    /// Name of the Module.
+    pub name: String,
+    /// Namespace of the Module.
+    pub namespace: String,
+    /// ServiceAccount of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Pull secret of the kmod image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_repo_secret: Option<LocalObjectReference>,
+    /// Tolerations of the worker pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Module version, for ordered upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// What the worker needs to load the module.
+    pub config: ModuleConfig,
+}
+
+/// The worker's input: everything needed to load or unload one module on one node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleConfig {
+    /// Kernel version the image was resolved for (normalised, without a trailing `+`).
+    pub kernel_version: String,
+    /// kmod image, with variables already substituted.
+    pub container_image: String,
+    /// Pull policy of the kmod image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Pull over plain HTTP.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure_pull: bool,
+    /// Skip verification of the registry's certificate when pulling.
+    #[serde(default, skip_serializing_if = "is_false", rename = "insecureSkipTLSVerify")]
+    pub insecure_skip_tls_verify: bool,
+    /// In-tree modules to unload before loading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_tree_modules_to_remove: Vec<String>,
+    /// modprobe settings.
+    pub modprobe: ModprobeSpec,
+}
+
+/// Modules loaded on the node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeModulesConfigStatus {
+    /// Loaded modules.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["namespace", "name"]))]
+    pub modules: Vec<NodeModuleStatus>,
+}
+
+/// One module loaded on a node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeModuleStatus {
+    /// Name of the Module.
+    pub name: String,
+    /// Namespace of the Module.
+    pub namespace: String,
+    /// ServiceAccount the worker pods used (needed again to unload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Pull secret the worker pods used (needed again to unload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_repo_secret: Option<LocalObjectReference>,
+    /// Tolerations the worker pods used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Module version that is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The configuration that was loaded.
+    pub config: ModuleConfig,
+    /// When the module was loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<Time>,
+    /// The node's boot ID when the module was loaded; a different one means a reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+}
