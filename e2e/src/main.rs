@@ -1,0 +1,142 @@
+//! `cargo run -p e2e -- up`: start a hub and two spokes for a person to try.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use e2e::{Fleet, FleetSpec};
+
+#[derive(Parser)]
+#[command(about = "The local fleet: real Kubernetes + OCM + a registry on loopback")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a hub and two spokes (different kernels) and a registry; Ctrl-C stops everything.
+    Up {
+        /// Where the run directory goes (default $KMM_E2E_DIR or <tmp>/kmm-e2e).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Print where the binaries are (or how to build them).
+    Bins,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Bins => {
+            let b = e2e::bins::Bins::locate()?;
+            println!("{}", b.dir.display());
+            Ok(())
+        }
+        Cmd::Up { dir } => up(dir).await,
+    }
+}
+
+async fn up(dir: Option<std::path::PathBuf>) -> Result<()> {
+    let mut spec = FleetSpec::demo();
+    if let Some(d) = dir {
+        spec = spec.base_dir(d);
+    }
+    eprintln!("starting hub + spokes {} (this takes a little while) ...", {
+        spec.spokes
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let fleet = tokio::select! {
+        f = Fleet::start(spec.clone()) => f?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted while starting; stopping");
+            return Ok(());
+        }
+    };
+    let kubectl = fleet.bins.path("kubectl");
+    let rss: u64 = fleet.rss_kib().iter().map(|(_, k)| k).sum();
+    println!();
+    println!(
+        "fleet up in {:.1}s ({} processes, {} MiB resident)",
+        fleet.started_in.as_secs_f64(),
+        fleet.pids().len(),
+        rss / 1024
+    );
+    println!("  run directory: {}", fleet.dir.display());
+    println!("  logs:          {}", fleet.log_dir().display());
+    println!();
+    println!(
+        "hub      {}  kubeconfig {}",
+        fleet.hub.server,
+        fleet.hub.admin_kubeconfig.display()
+    );
+    for s in &fleet.spokes {
+        let kernels: Vec<String> = spec
+            .spokes
+            .iter()
+            .find(|x| x.name == s.name)
+            .map(|x| {
+                x.nodes
+                    .iter()
+                    .map(|n| format!("{}={}", n.name, n.kernel_version))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<8} {}  kubeconfig {}  nodes: {}",
+            s.name,
+            s.server,
+            s.admin_kubeconfig.display(),
+            kernels.join(", ")
+        );
+    }
+    if let Some(r) = &fleet.registry {
+        println!("registry {}  (push/pull e.g. {}/kmm/my-module:tag)", r.url, r.host);
+    }
+    println!();
+    println!("try:");
+    println!("  alias kubectl={}", kubectl.display());
+    println!(
+        "  kubectl --kubeconfig {} get managedclusters",
+        fleet.hub.admin_kubeconfig.display()
+    );
+    if let Some(s) = fleet.spokes.first() {
+        println!(
+            "  kubectl --kubeconfig {} get nodes -o custom-columns=NAME:.metadata.name,KERNEL:.status.nodeInfo.kernelVersion",
+            s.admin_kubeconfig.display()
+        );
+        println!(
+            "  kubectl --kubeconfig {} get clusterclaims",
+            s.admin_kubeconfig.display()
+        );
+        println!(
+            "  kubectl --kubeconfig {} -n {} get manifestworks",
+            fleet.hub.admin_kubeconfig.display(),
+            s.name
+        );
+    }
+    println!();
+    println!("Ctrl-C stops everything.");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                if let Err(e) = fleet.check_alive() {
+                    eprintln!("a fleet process died: {e:#}");
+                    break;
+                }
+            }
+        }
+    }
+    eprintln!("stopping ...");
+    fleet.teardown();
+    eprintln!("stopped; logs kept in {}", fleet.log_dir().display());
+    Ok(())
+}
