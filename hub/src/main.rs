@@ -21,6 +21,9 @@ enum Command {
     Validate(shared_api::tool::ValidateArgs),
     /// Print the CustomResourceDefinitions the hub installs (ManagedClusterModule) as YAML.
     Crds,
+    /// Sign kernel modules for Secure Boot (files or whole images), byte-identical to the
+    /// kernel's sign-file for RSA keys.
+    Sign(kmm_hub::sign::cli::SignArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,5 +31,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Validate(args) => shared_api::tool::run_validate(&args),
         Command::Crds => shared_api::tool::print_crds(shared_api::crds::Set::Hub),
+        Command::Sign(args) => Ok(kmm_hub::sign::cli::run(args)?),
     }
 }

@@ -1,0 +1,3 @@
+//! `kmm-hub` as a library: the parts the binary, the tests and the benchmarks share.
+
+pub mod sign;
