@@ -1,0 +1,32 @@
+//! Pure planning for `kmm-spoke`: from observed cluster state to desired objects and actions.
+//! No I/O here; the controllers read caches, call these functions and apply the results.
+
+pub mod module_plan;
+pub mod node_plan;
+pub mod selection;
+pub mod worker_pod;
+
+/// A Module's identity on a node: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModuleKey {
+    /// Namespace of the Module.
+    pub namespace: String,
+    /// Name of the Module.
+    pub name: String,
+}
+
+impl ModuleKey {
+    /// A key from parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ModuleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}

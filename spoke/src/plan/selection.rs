@@ -1,0 +1,213 @@
+//! Which nodes a Module targets: selector, tolerated taints, schedulability, version label.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+use shared_api::kernel;
+
+/// What the planner needs of a Node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Node taints.
+    pub taints: Vec<Taint>,
+    /// Cordoned.
+    pub unschedulable: bool,
+    /// Kernel version, normalised (no trailing `+`).
+    pub kernel: String,
+    /// Boot ID; a new one means the node rebooted and lost its loaded modules.
+    pub boot_id: String,
+}
+
+impl NodeView {
+    /// The view of a Node object; `None` when it has no name.
+    pub fn from_node(node: &Node) -> Option<Self> {
+        let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
+        let spec = node.spec.as_ref();
+        Some(Self {
+            name: node.metadata.name.clone()?,
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            kernel: info
+                .map(|i| kernel::normalize(&i.kernel_version).to_owned())
+                .unwrap_or_default(),
+            boot_id: info.map(|i| i.boot_id.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+/// Whether `toleration` tolerates `taint`, with the scheduler's rules.
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = toleration
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key = toleration.key.as_deref().unwrap_or_default();
+    let key_ok = key.is_empty() || key == taint.key;
+    let value_ok = match toleration.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => true,
+        _ => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+    };
+    // An empty key with operator Exists matches every taint; an empty key otherwise matches none.
+    let empty_key_ok = !key.is_empty() || toleration.operator.as_deref() == Some("Exists");
+    effect_ok && key_ok && value_ok && empty_key_ok
+}
+
+/// The first taint that keeps pods off the node and that no toleration tolerates.
+pub fn untolerated_taint<'a>(taints: &'a [Taint], tolerations: &[Toleration]) -> Option<&'a Taint> {
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+}
+
+/// Why a node is or is not targeted by a Module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Labels do not match the selector.
+    NotMatching,
+    /// Matches, but cordoned: its modules unload.
+    Cordoned,
+    /// Matches, but carries a taint the Module does not tolerate.
+    Untolerated(String),
+    /// Matches, but a versioned Module waits for the node's version label to equal its version.
+    VersionLabel {
+        /// The label's value on the node, if any.
+        on_node: Option<String>,
+    },
+    /// Targeted.
+    Targeted,
+}
+
+/// Decides whether `node` is targeted by a Module with this selector, tolerations and, for an
+/// ordered upgrade, version (`version_label` is the node label key carrying the wanted version).
+pub fn select(
+    node: &NodeView,
+    selector: &BTreeMap<String, String>,
+    tolerations: &[Toleration],
+    version: Option<(&str, &str)>,
+) -> Selection {
+    if !selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+        return Selection::NotMatching;
+    }
+    if node.unschedulable {
+        return Selection::Cordoned;
+    }
+    if let Some(t) = untolerated_taint(&node.taints, tolerations) {
+        return Selection::Untolerated(format!(
+            "{}={}:{}",
+            t.key,
+            t.value.as_deref().unwrap_or_default(),
+            t.effect
+        ));
+    }
+    if let Some((label, wanted)) = version {
+        let on_node = node.labels.get(label);
+        if on_node.map(String::as_str) != Some(wanted) {
+            return Selection::VersionLabel {
+                on_node: on_node.cloned(),
+            };
+        }
+    }
+    Selection::Targeted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect: effect.into(),
+            time_added: None,
+        }
+    }
+
+    fn tol(key: Option<&str>, op: Option<&str>, value: Option<&str>, effect: Option<&str>) -> Toleration {
+        Toleration {
+            key: key.map(Into::into),
+            operator: op.map(Into::into),
+            value: value.map(Into::into),
+            effect: effect.map(Into::into),
+            toleration_seconds: None,
+        }
+    }
+
+    fn node(labels: &[(&str, &str)]) -> NodeView {
+        NodeView {
+            name: "n1".into(),
+            labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            taints: vec![],
+            unschedulable: false,
+            kernel: "6.1.0-28-amd64".into(),
+            boot_id: "b1".into(),
+        }
+    }
+
+    #[test]
+    fn toleration_rules() {
+        let t = taint("gpu", Some("true"), "NoSchedule");
+        assert!(tolerates(&tol(Some("gpu"), None, Some("true"), None), &t));
+        assert!(tolerates(
+            &tol(Some("gpu"), Some("Exists"), None, Some("NoSchedule")),
+            &t
+        ));
+        assert!(!tolerates(&tol(Some("gpu"), None, Some("false"), None), &t));
+        assert!(!tolerates(
+            &tol(Some("gpu"), Some("Exists"), None, Some("NoExecute")),
+            &t
+        ));
+        assert!(
+            tolerates(&tol(None, Some("Exists"), None, None), &t),
+            "empty key + Exists tolerates all"
+        );
+        assert!(!tolerates(&tol(None, None, None, None), &t));
+        assert_eq!(untolerated_taint(&[taint("a", None, "PreferNoSchedule")], &[]), None);
+        assert_eq!(untolerated_taint(std::slice::from_ref(&t), &[]), Some(&t));
+    }
+
+    #[test]
+    fn selection_order_of_reasons() {
+        let sel: BTreeMap<_, _> = [("role".to_owned(), "worker".to_owned())].into();
+        assert_eq!(select(&node(&[]), &sel, &[], None), Selection::NotMatching);
+        let mut n = node(&[("role", "worker")]);
+        assert_eq!(select(&n, &sel, &[], None), Selection::Targeted);
+        n.taints = vec![taint("gpu", None, "NoExecute")];
+        assert_eq!(
+            select(&n, &sel, &[], None),
+            Selection::Untolerated("gpu=:NoExecute".into())
+        );
+        assert_eq!(
+            select(&n, &sel, &[tol(Some("gpu"), Some("Exists"), None, None)], None),
+            Selection::Targeted
+        );
+        n.unschedulable = true;
+        assert_eq!(select(&n, &sel, &[], None), Selection::Cordoned);
+    }
+
+    #[test]
+    fn versioned_modules_wait_for_the_node_label() {
+        let sel = BTreeMap::new();
+        let key = "kmm.node.kubernetes.io/version-module.ns.m";
+        let mut n = node(&[]);
+        assert_eq!(
+            select(&n, &sel, &[], Some((key, "2"))),
+            Selection::VersionLabel { on_node: None }
+        );
+        n.labels.insert(key.into(), "1".into());
+        assert_eq!(
+            select(&n, &sel, &[], Some((key, "2"))),
+            Selection::VersionLabel {
+                on_node: Some("1".into())
+            }
+        );
+        n.labels.insert(key.into(), "2".into());
+        assert_eq!(select(&n, &sel, &[], Some((key, "2"))), Selection::Targeted);
+    }
+}

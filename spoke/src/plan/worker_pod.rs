@@ -1,0 +1,402 @@
+//! Worker pods: rendered from a NodeModulesConfig entry, and read back for planning.
+//!
+//! The pod carries everything needed to read it back: the module entry (JSON) and the node's
+//! boot ID in annotations, the action and attempt in labels. The worker's configuration is the
+//! entry's `config`, handed over as a file through the downward API, so a worker pod is one
+//! object with no ConfigMap to keep in step.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, HostPathVolumeSource,
+    LocalObjectReference, ObjectFieldSelector, Pod, PodSpec, SELinuxOptions, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use sha2::{Digest, Sha256};
+use shared_api::nmc::NodeModuleSpec;
+
+use super::node_plan::{Action, PodPhase, WorkerPodView};
+
+/// `app.kubernetes.io/name` of every worker pod.
+pub const APP: &str = "kmm-worker";
+/// Label holding `load` or `unload`.
+pub const ACTION_LABEL: &str = "kmm.node.kubernetes.io/worker-action";
+/// Label holding the retry number.
+pub const ATTEMPT_LABEL: &str = "kmm.node.kubernetes.io/worker-attempt";
+/// Annotation holding the module entry as JSON.
+pub const ENTRY_ANNOTATION: &str = "kmm.node.kubernetes.io/worker-entry";
+/// Annotation holding the worker's config (the entry's `config`), projected into the pod as a file.
+pub const CONFIG_ANNOTATION: &str = "kmm.node.kubernetes.io/worker-config";
+/// Annotation holding the node's boot ID when the pod was created.
+pub const BOOT_ID_ANNOTATION: &str = "kmm.node.kubernetes.io/boot-id";
+/// Annotation set once a failure has been reported.
+pub const REPORTED_ANNOTATION: &str = "kmm.node.kubernetes.io/failure-reported";
+/// Where the worker finds its config.
+pub const CONFIG_PATH: &str = "/etc/kmm-worker/config.yaml";
+/// Where the pull secret is mounted.
+pub const PULL_SECRET_DIR: &str = "/var/run/secrets/kmm/pull";
+
+/// Installation-wide settings of worker pods (the operator configuration's `worker` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Image with `kmm-worker`.
+    pub image: String,
+    /// `worker.runAsUser`.
+    pub run_as_user: i64,
+    /// `worker.seLinuxType`.
+    pub selinux_type: String,
+    /// `worker.firmwareHostPath`: where firmware is copied on the node.
+    pub firmware_host_path: String,
+    /// `worker.setFirmwareClassPath`: value written to the kernel's firmware search path, if any.
+    pub set_firmware_class_path: Option<String>,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            image: "kmm-worker:latest".into(),
+            run_as_user: 0,
+            selinux_type: "spc_t".into(),
+            firmware_host_path: "/var/lib/firmware".into(),
+            set_firmware_class_path: None,
+        }
+    }
+}
+
+/// Short stable hash used in pod names, so node and module names of any length fit.
+fn short_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Name of the worker pod for this node, module, action and attempt.
+pub fn pod_name(node: &str, entry: &NodeModuleSpec, action: Action, attempt: u32) -> String {
+    format!(
+        "kmm-worker-{}-{}-{attempt}",
+        action.as_str(),
+        short_hash(&[node, &entry.namespace, &entry.name])
+    )
+}
+
+fn host_path(name: &str, path: &str, type_: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(type_.into()),
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
+}
+
+/// Renders the worker pod that runs `action` for `entry` on `node`, owned by `owner` (the node's
+/// NodeModulesConfig), so deleting that removes its pods.
+pub fn render(
+    node: &str,
+    boot_id: &str,
+    entry: &NodeModuleSpec,
+    action: Action,
+    attempt: u32,
+    settings: &WorkerSettings,
+    owner: OwnerReference,
+) -> Pod {
+    let config_json = serde_json::to_string(&entry.config).expect("a config always serialises");
+    let entry_json = serde_json::to_string(entry).expect("an entry always serialises");
+    let mut args = vec!["kmod".to_owned(), action.as_str().to_owned(), CONFIG_PATH.to_owned()];
+    args.push(format!("--firmware-host-path={}", settings.firmware_host_path));
+    if let Some(p) = &settings.set_firmware_class_path {
+        args.push(format!("--set-firmware-class-path={p}"));
+    }
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: "config.yaml".into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{CONFIG_ANNOTATION}']"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        host_path("lib-modules", "/lib/modules", "Directory"),
+        host_path("firmware", &settings.firmware_host_path, "DirectoryOrCreate"),
+    ];
+    let mut mounts = vec![
+        mount("config", "/etc/kmm-worker", true),
+        mount("lib-modules", "/lib/modules", true),
+        mount("firmware", &settings.firmware_host_path, false),
+    ];
+    if settings.set_firmware_class_path.is_some() {
+        let p = "/sys/module/firmware_class/parameters";
+        volumes.push(host_path("firmware-class", p, "Directory"));
+        mounts.push(mount("firmware-class", p, false));
+    }
+    if let Some(secret) = &entry.image_repo_secret {
+        volumes.push(Volume {
+            name: "pull-secret".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("pull-secret", PULL_SECRET_DIR, true));
+        args.push(format!("--pull-secret={PULL_SECRET_DIR}/.dockerconfigjson"));
+    }
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(node, entry, action, attempt)),
+            namespace: Some(entry.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_owned(), APP.to_owned()),
+                ("app.kubernetes.io/managed-by".to_owned(), "kmm-spoke".to_owned()),
+                (ACTION_LABEL.to_owned(), action.as_str().to_owned()),
+                (ATTEMPT_LABEL.to_owned(), attempt.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (ENTRY_ANNOTATION.to_owned(), entry_json),
+                (CONFIG_ANNOTATION.to_owned(), config_json),
+                (BOOT_ID_ANNOTATION.to_owned(), boot_id.to_owned()),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.to_owned()),
+            restart_policy: Some("Never".into()),
+            service_account_name: entry.service_account_name.clone(),
+            image_pull_secrets: entry
+                .image_repo_secret
+                .as_ref()
+                .map(|s| vec![LocalObjectReference { name: s.name.clone() }]),
+            tolerations: (!entry.tolerations.is_empty()).then(|| entry.tolerations.clone()),
+            priority_class_name: Some("system-node-critical".into()),
+            containers: vec![Container {
+                name: "worker".into(),
+                image: Some(settings.image.clone()),
+                args: Some(args),
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
+                security_context: Some(SecurityContext {
+                    run_as_user: Some(settings.run_as_user),
+                    se_linux_options: Some(SELinuxOptions {
+                        type_: Some(settings.selinux_type.clone()),
+                        ..Default::default()
+                    }),
+                    capabilities: Some(Capabilities {
+                        add: Some(vec!["SYS_MODULE".into()]),
+                        drop: Some(vec!["ALL".into()]),
+                    }),
+                    allow_privilege_escalation: Some(false),
+                    ..Default::default()
+                }),
+                volume_mounts: Some(mounts),
+                ..Default::default()
+            }],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Reads a worker pod back; `None` for pods that are not ours or were tampered with.
+pub fn read_back(pod: &Pod) -> Option<WorkerPodView> {
+    let meta = &pod.metadata;
+    let labels = meta.labels.as_ref()?;
+    let annotations = meta.annotations.as_ref()?;
+    let action = match labels.get(ACTION_LABEL)?.as_str() {
+        "load" => Action::Load,
+        "unload" => Action::Unload,
+        _ => return None,
+    };
+    let entry: NodeModuleSpec = serde_json::from_str(annotations.get(ENTRY_ANNOTATION)?).ok()?;
+    let status = pod.status.as_ref();
+    let terminated = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "worker"))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    let phase = match status.and_then(|s| s.phase.as_deref()) {
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => {
+            let message = terminated
+                .and_then(|t| t.message.clone().or_else(|| t.reason.clone()))
+                .or_else(|| status.and_then(|s| s.message.clone().or_else(|| s.reason.clone())))
+                .unwrap_or_else(|| "the worker pod failed without a message".into());
+            PodPhase::Failed {
+                message: message.trim().to_owned(),
+                finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
+            }
+        }
+        _ => PodPhase::InFlight,
+    };
+    Some(WorkerPodView {
+        name: meta.name.clone()?,
+        action,
+        entry,
+        boot_id: annotations.get(BOOT_ID_ANNOTATION).cloned().unwrap_or_default(),
+        attempt: labels.get(ATTEMPT_LABEL).and_then(|a| a.parse().ok()).unwrap_or(0),
+        phase,
+        reported: annotations.contains_key(REPORTED_ANNOTATION),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus};
+    use shared_api::nmc::ModuleConfig;
+
+    fn entry() -> NodeModuleSpec {
+        NodeModuleSpec {
+            name: "kmm-ci-a".into(),
+            namespace: "kmm-tests".into(),
+            service_account_name: Some("kmm-worker".into()),
+            image_repo_secret: Some(LocalObjectReference { name: "pull".into() }),
+            config: ModuleConfig {
+                kernel_version: "6.1.0-28-amd64".into(),
+                container_image: "r/kmm-ci-a@sha256:00".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "kmm.sigs.x-k8s.io/v1beta1".into(),
+            kind: "NodeModulesConfig".into(),
+            name: "node-1".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    #[test]
+    fn names_are_stable_short_and_distinct() {
+        let e = entry();
+        let a = pod_name("node-1", &e, Action::Load, 0);
+        assert_eq!(a, pod_name("node-1", &e, Action::Load, 0));
+        assert!(a.starts_with("kmm-worker-load-") && a.ends_with("-0"), "{a}");
+        assert_ne!(a, pod_name("node-2", &e, Action::Load, 0));
+        assert_ne!(a, pod_name("node-1", &e, Action::Unload, 0));
+        let long = "n".repeat(253);
+        assert!(pod_name(&long, &e, Action::Unload, 12).len() < 63);
+    }
+
+    #[test]
+    fn rendered_pod_runs_on_the_node_with_its_config_file() {
+        let settings = WorkerSettings {
+            set_firmware_class_path: Some("/var/lib/firmware".into()),
+            ..Default::default()
+        };
+        let pod = render("node-1", "boot-1", &entry(), Action::Load, 0, &settings, owner());
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-1"));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.service_account_name.as_deref(), Some("kmm-worker"));
+        assert_eq!(spec.image_pull_secrets.as_ref().unwrap()[0].name, "pull");
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &[
+                "kmod",
+                "load",
+                CONFIG_PATH,
+                "--firmware-host-path=/var/lib/firmware",
+                "--set-firmware-class-path=/var/lib/firmware",
+                "--pull-secret=/var/run/secrets/kmm/pull/.dockerconfigjson"
+            ]
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.capabilities.as_ref().unwrap().add.as_ref().unwrap(), &["SYS_MODULE"]);
+        assert_eq!(sc.run_as_user, Some(0));
+        let ann = pod.metadata.annotations.as_ref().unwrap();
+        let config: ModuleConfig = serde_json::from_str(&ann[CONFIG_ANNOTATION]).unwrap();
+        assert_eq!(config, entry().config);
+        let vols: Vec<_> = spec.volumes.as_ref().unwrap().iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            vols,
+            ["config", "lib-modules", "firmware", "firmware-class", "pull-secret"]
+        );
+    }
+
+    #[test]
+    fn pods_read_back_with_phase_and_failure_message() {
+        let mut pod = render(
+            "node-1",
+            "boot-1",
+            &entry(),
+            Action::Unload,
+            3,
+            &WorkerSettings::default(),
+            owner(),
+        );
+        let v = read_back(&pod).unwrap();
+        assert_eq!(
+            (v.action, v.attempt, v.boot_id.as_str(), v.reported),
+            (Action::Unload, 3, "boot-1", false)
+        );
+        assert_eq!(v.entry, entry());
+        assert_eq!(v.phase, PodPhase::InFlight);
+
+        pod.status = Some(PodStatus {
+            phase: Some("Failed".into()),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "worker".into(),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 4,
+                        message: Some(
+                            "modprobe: ERROR: could not insert 'kmm_ci_a': Required key not available\n".into(),
+                        ),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        pod.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(REPORTED_ANNOTATION.into(), "true".into());
+        let v = read_back(&pod).unwrap();
+        assert!(v.reported);
+        assert_eq!(
+            v.phase,
+            PodPhase::Failed {
+                message: "modprobe: ERROR: could not insert 'kmm_ci_a': Required key not available".into(),
+                finished_at: None
+            }
+        );
+        pod.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(ACTION_LABEL.into(), "explode".into());
+        assert_eq!(read_back(&pod), None);
+    }
+}
