@@ -21,17 +21,17 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 gomods="$here/go"
 root="${KMM_BIN_CACHE:-$HOME/.cache/kmm-rs/bins}"
 
-# name|module dir|package
+# name|module dir|package|version stamping (see ldflags below)
 bins=(
-  "etcd|etcd|go.etcd.io/etcd/server/v3"
-  "kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver"
-  "kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager"
-  "kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler"
-  "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok"
-  "registration|ocm|open-cluster-management.io/ocm/cmd/registration"
-  "work|ocm|open-cluster-management.io/ocm/cmd/work"
-  "registry|registry|github.com/distribution/distribution/v3/cmd/registry"
-  "kubectl|kubectl|k8s.io/kubernetes/cmd/kubectl"
+  "etcd|etcd|go.etcd.io/etcd/server/v3|-"
+  "kube-apiserver|kubernetes|k8s.io/kubernetes/cmd/kube-apiserver|k8s"
+  "kube-controller-manager|kubernetes|k8s.io/kubernetes/cmd/kube-controller-manager|k8s"
+  "kube-scheduler|kubernetes|k8s.io/kubernetes/cmd/kube-scheduler|k8s"
+  "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok|-"
+  "registration|ocm|open-cluster-management.io/ocm/cmd/registration|ocm"
+  "work|ocm|open-cluster-management.io/ocm/cmd/work|ocm"
+  "registry|registry|github.com/distribution/distribution/v3/cmd/registry|-"
+  "kubectl|kubectl|k8s.io/kubernetes/cmd/kubectl|k8s"
 )
 
 command -v go >/dev/null || { echo "build-bins: 'go' is not on PATH" >&2; exit 1; }
@@ -43,11 +43,39 @@ modkey() {
   { echo "$goversion"; cat "$gomods/$1/go.mod" "$gomods/$1/go.sum"; } | sha256sum | cut -c1-16
 }
 
+# Version of module $2 as required by ci/go/$1/go.mod.
+modver() {
+  awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit }' "$gomods/$1/go.mod"
+}
+
+# -ldflags for one binary: stripped, plus the version variables the upstream
+# release builds stamp (otherwise Kubernetes reports v0.0.0-master).
+ldflags() {
+  local mod="$1" stamp="$2" v
+  case "$stamp" in
+    k8s)
+      v="$(modver "$mod" k8s.io/kubernetes)"
+      local major="${v#v}"; major="${major%%.*}"
+      local minor="${v#v*.}"; minor="${minor%%.*}"
+      local cb=k8s.io/component-base/version cg=k8s.io/client-go/pkg/version
+      echo "-s -w -X $cb.gitVersion=$v -X $cb.gitMajor=$major -X $cb.gitMinor=$minor -X $cb.gitTreeState=clean -X $cg.gitVersion=$v -X $cg.gitMajor=$major -X $cg.gitMinor=$minor -X $cg.gitTreeState=clean"
+      ;;
+    ocm)
+      v="$(modver "$mod" open-cluster-management.io/ocm)"
+      local major="${v#v}"; major="${major%%.*}"
+      local minor="${v#v*.}"; minor="${minor%%.*}"
+      local pv=open-cluster-management.io/ocm/pkg/version
+      echo "-s -w -X $pv.versionFromGit=$v -X $pv.majorFromGit=$major -X $pv.minorFromGit=$minor"
+      ;;
+    *) echo "-s -w" ;;
+  esac
+}
+
 # Key of the whole set (what the harness uses): all entries with their module keys.
 key="$(
   for entry in "${bins[@]}"; do
-    IFS='|' read -r name mod pkg <<<"$entry"
-    echo "$name $pkg $(modkey "$mod")"
+    IFS='|' read -r name mod pkg stamp <<<"$entry"
+    echo "$name $pkg $(modkey "$mod") $(ldflags "$mod" "$stamp")"
   done | sha256sum | cut -c1-16
 )"
 dir="$root/$key"
@@ -95,8 +123,9 @@ i=0
 start_all=$(date +%s)
 for entry in "${bins[@]}"; do
   i=$((i + 1))
-  IFS='|' read -r name mod pkg <<<"$entry"
-  out="$root/objs/$name-$(modkey "$mod")"
+  IFS='|' read -r name mod pkg stamp <<<"$entry"
+  flags="$(ldflags "$mod" "$stamp")"
+  out="$root/objs/$name-$( { modkey "$mod"; echo "$flags"; } | sha256sum | cut -c1-16)"
   if [[ -x "$out" ]]; then
     echo "build-bins: [$i/$total] $name: cached" >&2
     ln -f "$out" "$dir/$name" 2>/dev/null || cp -f "$out" "$dir/$name"
@@ -104,7 +133,7 @@ for entry in "${bins[@]}"; do
   fi
   echo "build-bins: [$i/$total] $name: building $pkg (in ci/go/$mod) ..." >&2
   t0=$(date +%s)
-  (cd "$gomods/$mod" && go build -p 2 -ldflags='-s -w' -o "$out.tmp" "$pkg")
+  (cd "$gomods/$mod" && go build -p 2 -ldflags="$flags" -o "$out.tmp" "$pkg")
   mv "$out.tmp" "$out"
   ln -f "$out" "$dir/$name" 2>/dev/null || cp -f "$out" "$dir/$name"
   echo "build-bins: [$i/$total] $name: done in $(($(date +%s) - t0))s ($(du -h "$out" | cut -f1))" >&2

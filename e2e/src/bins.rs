@@ -40,6 +40,11 @@ impl Bins {
                 root.join("current")
             }
         };
+        Self::in_dir(dir)
+    }
+
+    /// The binaries in `dir`; fails naming the missing ones and how to build them.
+    pub fn in_dir(dir: PathBuf) -> Result<Self> {
         let missing: Vec<&str> = ALL.iter().copied().filter(|b| !dir.join(b).is_file()).collect();
         if !missing.is_empty() {
             bail!(
@@ -55,5 +60,20 @@ impl Bins {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_fail_with_how_to_build_them() {
+        let dir = std::env::temp_dir().join(format!("kmm-e2e-nobins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = Bins::in_dir(dir.clone()).unwrap_err().to_string();
+        assert!(err.contains("ci/build-bins.sh"), "{err}");
+        assert!(err.contains("kube-apiserver"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -74,9 +74,11 @@ impl Ca {
     }
 }
 
-/// A fresh ECDSA private key in PKCS#8 PEM (service-account token signing).
-pub fn private_key_pem() -> Result<String> {
-    Ok(KeyPair::generate()?.serialize_pem())
+/// A fresh ECDSA key pair: (PKCS#8 private key PEM, PKIX public key PEM),
+/// for service-account token signing.
+pub fn key_pair_pem() -> Result<(String, String)> {
+    let k = KeyPair::generate()?;
+    Ok((k.serialize_pem(), k.public_key_pem()))
 }
 
 pub fn write(path: &Path, contents: &str) -> Result<PathBuf> {
@@ -115,4 +117,22 @@ current-context: {cluster}
         cert = b(&client.cert_pem),
         key = b(&client.key_pem),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_round_trips_through_kube() {
+        let ca = Ca::new("test-ca").unwrap();
+        let client = ca.client("alice", &["devs"]).unwrap();
+        let text = kubeconfig("c", "https://127.0.0.1:6443", &ca.cert_pem, "alice", &client);
+        let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+        assert_eq!(kc.current_context.as_deref(), Some("c"));
+        let server = ca.server("s", &["127.0.0.1", "localhost"]).unwrap();
+        assert!(server.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let (key, public) = key_pair_pem().unwrap();
+        assert!(key.contains("PRIVATE KEY") && public.contains("PUBLIC KEY"));
+    }
 }

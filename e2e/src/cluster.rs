@@ -37,7 +37,8 @@ pub struct KubeCluster {
 }
 
 impl KubeCluster {
-    pub(crate) async fn start(sup: Arc<Supervisor>, bins: &Bins, name: &str, dir: &Path) -> Result<Self> {
+    /// Start one control plane under `dir`; its processes belong to `sup`.
+    pub async fn start(sup: Arc<Supervisor>, bins: &Bins, name: &str, dir: &Path) -> Result<Self> {
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki)?;
         let etcd_port = free_port()?;
@@ -63,13 +64,14 @@ impl KubeCluster {
         let admin = ca.client("kubernetes-admin", &["system:masters"])?;
         let kcm = ca.client("system:kube-controller-manager", &[])?;
         let sched = ca.client("system:kube-scheduler", &[])?;
-        let sa_key = certs::private_key_pem()?;
+        let (sa_key, sa_pub) = certs::key_pair_pem()?;
 
         let ca_crt = certs::write(&pki.join("ca.crt"), &ca.cert_pem)?;
         let ca_key = certs::write(&pki.join("ca.key"), &ca.key_pem)?;
         let srv_crt = certs::write(&pki.join("serving.crt"), &serving.cert_pem)?;
         let srv_key = certs::write(&pki.join("serving.key"), &serving.key_pem)?;
         let sa = certs::write(&pki.join("sa.key"), &sa_key)?;
+        let sa_pub = certs::write(&pki.join("sa.pub"), &sa_pub)?;
         let kc = |user: &str, p: &Pair, file: &str| -> Result<PathBuf> {
             certs::write(
                 &dir.join(file),
@@ -107,7 +109,7 @@ impl KubeCluster {
             format!("--tls-private-key-file={}", p(&srv_key)),
             format!("--client-ca-file={}", p(&ca_crt)),
             format!("--service-account-issuer={server}"),
-            format!("--service-account-key-file={}", p(&sa)),
+            format!("--service-account-key-file={}", p(&sa_pub)),
             format!("--service-account-signing-key-file={}", p(&sa)),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--authorization-mode=Node,RBAC".into(),

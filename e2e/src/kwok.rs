@@ -130,6 +130,10 @@ options:
   manageAllNodes: false
   manageNodesWithAnnotationSelector: {NODE_ANNOTATION}=fake
   nodeLeaseDurationSeconds: 40
+  nodeLeaseParallelism: 4
+  nodePlayStageParallelism: 4
+  podPlayStageParallelism: 4
+  podsOnNodeSyncParallelism: 4
 {STAGES}"#,
         STAGES = stages()
     )
@@ -405,4 +409,45 @@ spec:
     delete: true
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_valid_yaml_with_our_stages() {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&config_yaml()).unwrap();
+        assert_eq!(docs[0]["kind"], "KwokConfiguration");
+        let stages: Vec<&str> = docs[1..]
+            .iter()
+            .map(|d| d["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            stages,
+            [
+                "node-initialize",
+                "node-heartbeat-with-lease",
+                "pod-ready",
+                "pod-complete",
+                "pod-fail",
+                "pod-delete"
+            ]
+        );
+        let complete = &docs[4]["spec"]["selector"]["matchExpressions"];
+        assert!(complete.to_string().contains(FAIL_ANNOTATION));
+    }
+
+    #[test]
+    fn node_carries_kernel_labels_and_taints() {
+        let n = NodeSpec::new("n0", "6.1.0-1")
+            .label("a", "b")
+            .taint("k", Some("v"), "NoSchedule")
+            .to_node();
+        assert_eq!(n["status"]["nodeInfo"]["kernelVersion"], "6.1.0-1");
+        assert_eq!(n["metadata"]["labels"]["a"], "b");
+        assert_eq!(n["metadata"]["annotations"][NODE_ANNOTATION], "fake");
+        assert_eq!(n["spec"]["taints"][0]["value"], "v");
+        let _: k8s_openapi::api::core::v1::Node = serde_json::from_value(n).unwrap();
+    }
 }

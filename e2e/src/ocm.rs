@@ -287,8 +287,7 @@ pub async fn apply(client: &Client, obj: Value) -> Result<DynamicObject> {
         (kube::discovery::Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &ar),
         (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
     };
-    Ok(api
-        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
         .await
-        .with_context(|| format!("applying {kind} {name}"))?)
+        .with_context(|| format!("applying {kind} {name}"))
 }
