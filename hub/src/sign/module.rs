@@ -278,7 +278,7 @@ impl SignedModule<'_> {
     }
 }
 
-/// Signs a module held in memory. An existing signature is replaced, not appended to.
+/// Signs a module held in memory. Existing signatures are replaced, not appended to.
 /// `source` names the module in errors.
 pub fn sign_module<'a>(
     data: &'a [u8],
@@ -286,7 +286,12 @@ pub fn sign_module<'a>(
     hash: HashAlgo,
     source: &str,
 ) -> Result<SignedModule<'a>, SignError> {
-    let parts = split_signature(data, source)?;
+    // Strip every appended signature (sign-file appends a second one to a signed module).
+    let mut parts = split_signature(data, source)?;
+    let replaced = parts.signature.is_some();
+    while parts.signature.is_some() {
+        parts = split_signature(parts.content, source)?;
+    }
     check_elf(parts.content, source)?;
     let sig = cms_signature(parts.content, signer, hash, source)?;
     let mut appendix = Vec::with_capacity(sig.len() + TRAILER_LEN + MAGIC.len());
@@ -296,7 +301,7 @@ pub fn sign_module<'a>(
     Ok(SignedModule {
         content: parts.content,
         appendix,
-        replaced: parts.signature.is_some(),
+        replaced,
     })
 }
 
