@@ -234,7 +234,10 @@ fn resigning_replaces_the_signature() {
     let fixed = std::fs::read(&out).unwrap();
     // both signatures are gone; only ours remains
     let (content, _) = split_signed(&fixed);
-    assert!(content == std::fs::read(m).unwrap(), "content is not the unsigned module");
+    assert!(
+        content == std::fs::read(m).unwrap(),
+        "content is not the unsigned module"
+    );
     assert_modinfo_signed(&out, &first, "sha512");
 }
 
