@@ -156,7 +156,7 @@ impl KubeCluster {
             format!("--cluster-signing-key-file={}", p(&ca_key)),
             format!("--root-ca-file={}", p(&ca_crt)),
             format!("--service-account-private-key-file={}", p(&sa)),
-            "--use-service-account-credentials=false".into(),
+            "--use-service-account-credentials=true".into(),
             "--controllers=*".into(),
             "--profiling=false".into(),
             "--v=1".into(),
