@@ -65,6 +65,10 @@ impl KubeCluster {
         let kcm = ca.client("system:kube-controller-manager", &[])?;
         let sched = ca.client("system:kube-scheduler", &[])?;
         let (sa_key, sa_pub) = certs::key_pair_pem()?;
+        // Front proxy (request-header authentication), as kubeadm sets it up:
+        // components delegating authentication read this CA.
+        let fp_ca = Ca::new(&format!("{name}-front-proxy-ca"))?;
+        let fp_client = fp_ca.client("front-proxy-client", &[])?;
 
         let ca_crt = certs::write(&pki.join("ca.crt"), &ca.cert_pem)?;
         let ca_key = certs::write(&pki.join("ca.key"), &ca.key_pem)?;
@@ -72,6 +76,9 @@ impl KubeCluster {
         let srv_key = certs::write(&pki.join("serving.key"), &serving.key_pem)?;
         let sa = certs::write(&pki.join("sa.key"), &sa_key)?;
         let sa_pub = certs::write(&pki.join("sa.pub"), &sa_pub)?;
+        let fp_ca_crt = certs::write(&pki.join("front-proxy-ca.crt"), &fp_ca.cert_pem)?;
+        let fp_crt = certs::write(&pki.join("front-proxy-client.crt"), &fp_client.cert_pem)?;
+        let fp_key = certs::write(&pki.join("front-proxy-client.key"), &fp_client.key_pem)?;
         let kc = |user: &str, p: &Pair, file: &str| -> Result<PathBuf> {
             certs::write(
                 &dir.join(file),
@@ -112,6 +119,13 @@ impl KubeCluster {
             format!("--service-account-key-file={}", p(&sa_pub)),
             format!("--service-account-signing-key-file={}", p(&sa)),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
+            format!("--requestheader-client-ca-file={}", p(&fp_ca_crt)),
+            "--requestheader-allowed-names=front-proxy-client".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            format!("--proxy-client-cert-file={}", p(&fp_crt)),
+            format!("--proxy-client-key-file={}", p(&fp_key)),
             "--authorization-mode=Node,RBAC".into(),
             "--allow-privileged=true".into(),
             // The kubernetes Service's endpoint would be 127.0.0.1, which
