@@ -251,7 +251,10 @@ fn registry_error(
         };
     }
     let lower = reason.to_ascii_lowercase();
-    if lower.contains("unauthorized") || lower.contains("401") || lower.contains("denied") {
+    if ["unauthorized", "not authorized", "401", "denied"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
         reason.push_str(" (check the Module's imageRepoSecret, mounted as --pull-secret)");
     } else if lower.contains("certificate") || lower.contains("invalid peer") {
         reason.push_str(" (the registry's certificate is not trusted; see registryTLS)");
