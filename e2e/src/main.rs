@@ -23,6 +23,10 @@ enum Cmd {
     },
     /// Print where the binaries are (or how to build them).
     Bins,
+    /// (for the harness's own tests) start `sleep` under a supervisor in
+    /// DIR, print its pid, and wait to be killed.
+    #[command(hide = true)]
+    SupervisedSleep { dir: std::path::PathBuf },
 }
 
 #[tokio::main]
@@ -38,6 +42,16 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Up { dir } => up(dir).await,
+        Cmd::SupervisedSleep { dir } => {
+            let sup = e2e::proc::Supervisor::new(&dir)?;
+            let sleep = std::path::Path::new("/bin/sleep");
+            sup.spawn(e2e::proc::Spawn::new("sleep", sleep).arg("300"))?;
+            for (_, pid) in sup.pids() {
+                println!("{pid}");
+            }
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            Ok(())
+        }
     }
 }
 

@@ -81,9 +81,9 @@ const WATCHDOG: &str = r#"
 parent="$1"; list="$2"
 while kill -0 "$parent" 2>/dev/null; do sleep 1; done
 if [ -f "$list" ]; then
-  while read -r g; do kill -TERM -- "-$g" 2>/dev/null; done < "$list"
+  while read -r g; do kill -TERM "-$g" 2>/dev/null; done < "$list"
   sleep 2
-  while read -r g; do kill -KILL -- "-$g" 2>/dev/null; done < "$list"
+  while read -r g; do kill -KILL "-$g" 2>/dev/null; done < "$list"
 fi
 "#;
 
