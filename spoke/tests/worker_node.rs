@@ -301,3 +301,27 @@ fn secure_boot_refusal_is_reported_with_what_to_do() {
             .contains("Required key not available")
     );
 }
+
+#[test]
+fn an_in_tree_module_of_the_same_name_is_replaced_but_not_our_own() {
+    let n = Node::new();
+    let cfg = n.config("inTreeModulesToRemove: [kmm_ci_a]\nmodprobe:\n  moduleName: kmm_ci_a\n");
+    let opt = n.img.join("opt");
+    // The in-tree kmm_ci_a (no out-of-tree taint) is removed before ours is loaded.
+    n.loaded("kmm_ci_a");
+    write(&n.sys.join("kmm_ci_a/taint"), "\n");
+    assert!(run(&mut n.worker("load", &cfg)).status.success());
+    assert_eq!(
+        n.calls(),
+        [
+            "-r -v -- kmm_ci_a".to_string(),
+            format!("-v -d {} -- kmm_ci_a", opt.display())
+        ]
+    );
+    // A worker that runs again finds our own out-of-tree build loaded and leaves it.
+    write(&n.sys.join("kmm_ci_a/taint"), "OE\n");
+    let o = run(&mut n.worker("load", &cfg));
+    assert!(o.status.success());
+    assert_eq!(n.calls(), [format!("-v -d {} -- kmm_ci_a", opt.display())]);
+    assert!(stderr(&o).contains("this Module's own from an earlier load; not removed"));
+}

@@ -110,6 +110,7 @@ struct KmodArgs {
     /// The node's firmware directory as mounted in the worker pod (firmware is copied there).
     #[arg(
         long,
+        alias = "firmware-path",
         env = "KMM_WORKER_FIRMWARE_HOST_DIR",
         value_name = "DIR",
         default_value = "/var/lib/firmware"

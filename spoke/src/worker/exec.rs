@@ -34,6 +34,11 @@ impl NodePaths {
         self.sys_module.join("firmware_class/parameters/path")
     }
 
+    /// Whether the loaded `module` is out-of-tree (its taint flags hold `O`).
+    pub fn out_of_tree(&self, module: &str) -> bool {
+        std::fs::read_to_string(self.sys_module.join(sysfs_name(module)).join("taint")).is_ok_and(|t| t.contains('O'))
+    }
+
     /// Whether `module` is loaded as a module, built into the kernel, or absent.
     pub fn module_state(&self, module: &str) -> ModuleState {
         let d = self.sys_module.join(sysfs_name(module));
@@ -208,11 +213,14 @@ impl Executor {
                 }
             }
             Step::CheckModuleTree { dir } => check_tree(dir)?,
-            Step::RemoveInTree { module, argv } => match self.node.module_state(module) {
+            Step::RemoveInTree { module, argv, ours } => match self.node.module_state(module) {
                 ModuleState::Absent => tracing::info!("in-tree module {module} is not loaded; nothing to remove"),
                 ModuleState::BuiltIn => {
                     return Err(ModprobeError::BuiltIn { module: module.clone() }.into());
                 }
+                ModuleState::Loaded if *ours && self.node.out_of_tree(module) => tracing::info!(
+                    "{module} is loaded from out of tree (taint O): this Module's own from an earlier load; not removed"
+                ),
                 ModuleState::Loaded => self.modprobe(step, argv)?,
             },
             Step::SetFirmwareClassPath { path } => {

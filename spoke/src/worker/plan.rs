@@ -64,8 +64,14 @@ pub enum Step {
     CheckKernel { release: String },
     /// `dir` (`<image>/<dirName>/lib/modules/<kernel>`) must exist.
     CheckModuleTree { dir: PathBuf },
-    /// Remove an in-tree module if it is loaded (`argv` is the modprobe call).
-    RemoveInTree { module: String, argv: Vec<String> },
+    /// Remove an in-tree module if it is loaded (`argv` is the modprobe call). `ours`: this
+    /// Module loads a module of the same name, so a loaded out-of-tree one (taint `O`) is taken as
+    /// this Module's own, from an earlier load, and left alone.
+    RemoveInTree {
+        module: String,
+        argv: Vec<String>,
+        ours: bool,
+    },
     /// Write `path` to the kernel's `firmware_class.path` unless it already holds it.
     SetFirmwareClassPath { path: String },
     /// Copy `files` (relative paths) from the image directory `from` to the host directory `to`.
@@ -122,8 +128,12 @@ impl fmt::Display for Step {
         match self {
             Step::CheckKernel { release } => write!(f, "check that the node runs kernel {release}"),
             Step::CheckModuleTree { dir } => write!(f, "check that {} exists in the image", dir.display()),
-            Step::RemoveInTree { module, argv } => {
-                write!(f, "remove in-tree module {module} if loaded: {}", command_line(argv))
+            Step::RemoveInTree { module, argv, ours } => {
+                write!(f, "remove in-tree module {module} if loaded: {}", command_line(argv))?;
+                if *ours {
+                    f.write_str(" (not if the loaded one is out-of-tree: this Module's own)")?;
+                }
+                Ok(())
             }
             Step::SetFirmwareClassPath { path } => {
                 write!(f, "set firmware_class.path to {path} (if it differs)")
@@ -251,9 +261,11 @@ pub fn plan(
                 let mut argv = base(true, false);
                 argv.push("--".into());
                 argv.push(m.clone());
+                let ours = order.iter().any(|o| config::sysfs_name(o) == config::sysfs_name(m));
                 steps.push(Step::RemoveInTree {
                     module: m.clone(),
                     argv,
+                    ours,
                 });
             }
             if let Some(from) = &fw_src {
@@ -423,13 +435,15 @@ mod tests {
                     module: "old_a".into(),
                     argv: ["modprobe", "--dry-run", "-r", "-v", "--", "old_a"]
                         .map(String::from)
-                        .to_vec()
+                        .to_vec(),
+                    ours: false,
                 },
                 Step::RemoveInTree {
                     module: "old-b".into(),
                     argv: ["modprobe", "--dry-run", "-r", "-v", "--", "old-b"]
                         .map(String::from)
-                        .to_vec()
+                        .to_vec(),
+                    ours: false,
                 },
                 Step::SetFirmwareClassPath {
                     path: "/var/lib/firmware".into()

@@ -1,7 +1,7 @@
 //! Pulling the kmod image straight from its registry (oci-client) and unpacking it safely with
 //! [`super::extract::Extractor`], with the pull secret the spoke mounts into the worker pod.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -474,11 +474,8 @@ pub fn dir_name_for(image: &str) -> String {
 
 /// The registries of a pull secret, for log lines.
 pub fn registries(secret: &PullSecret) -> Vec<String> {
-    let mut m: BTreeMap<String, ()> = BTreeMap::new();
-    for (h, _, _) in &secret.entries {
-        m.insert(h.clone(), ());
-    }
-    m.into_keys().collect()
+    let set: BTreeSet<&String> = secret.entries.iter().map(|(h, _, _)| h).collect();
+    set.into_iter().cloned().collect()
 }
 
 #[cfg(test)]
