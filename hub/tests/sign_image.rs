@@ -548,8 +548,10 @@ async fn cli_signs_an_image() {
         .arg(&kp.cert)
         .args(["--from", &unsigned.whole(), "--to", &to, "--auth"])
         .arg(&cfg);
-    for f in files_to_sign(&fx.kver) {
-        cmd.args(["--file", &f]);
+    // variables are substituted by the CLI, as the controller does for filesToSign
+    cmd.args(["--kernel", &fx.kver]);
+    for m in ["kmm_ci_a", "kmm_ci_b", "kmm_ci_fw"] {
+        cmd.args(["--file", &format!("/opt/lib/modules/${{KERNEL_FULL_VERSION}}/{m}.ko")]);
     }
     let stdout = tokio::task::spawn_blocking(move || run(&mut cmd)).await.unwrap();
     let digest = String::from_utf8(stdout).unwrap().trim().to_string();

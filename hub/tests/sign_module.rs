@@ -421,3 +421,31 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
     let dbg = format!("{s:?}");
     assert!(dbg.contains("redacted") && !dbg.contains(&key_body), "{dbg}");
 }
+
+/// The benchmark command runs against the real sign-file and prints the ratio (a smoke test
+/// with a small generated module; the real figure comes from `kmm-hub sign bench` in release).
+#[test]
+fn bench_command_prints_the_ratio() {
+    let fx = fixtures();
+    sign_file();
+    openssl_bin();
+    let out = run(kmm_hub()
+        .args([
+            "sign",
+            "bench",
+            "--large-mib",
+            "2",
+            "--rounds",
+            "1",
+            "--rsa-bits",
+            "2048",
+        ])
+        .arg(fx.modules[0].parent().unwrap()));
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("ratio ours/sign-file = "), "{out}");
+    assert!(out.contains("large-2MiB.ko"), "{out}");
+    for line in out.lines().filter(|l| l.contains(".ko")) {
+        assert!(line.trim_end().ends_with("yes"), "not byte-identical: {line}");
+    }
+    assert_eq!(out.lines().filter(|l| l.contains(".ko")).count(), 4, "{out}");
+}

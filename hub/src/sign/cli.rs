@@ -82,6 +82,45 @@ pub struct ImageArgs {
     /// Seconds to wait for the registry to connect or answer.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    /// Kernel version for `${KERNEL_FULL_VERSION}` and friends in --from, --to and --file.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Value of `${MOD_NAME}`.
+    #[arg(long, default_value = "")]
+    pub module_name: String,
+    /// Value of `${MOD_NAMESPACE}`.
+    #[arg(long, default_value = "")]
+    pub module_namespace: String,
+}
+
+impl ImageArgs {
+    /// Substitutes the KMM variables in --from, --to and --file.
+    fn substituted(&self) -> Result<(String, String, Vec<String>), CliError> {
+        let Some(kernel) = &self.kernel else {
+            let all = std::iter::once(&self.from)
+                .chain(std::iter::once(&self.to))
+                .chain(&self.files);
+            if let Some(v) = all.into_iter().find(|v| v.contains('$')) {
+                return Err(CliError::Variables {
+                    value: v.clone(),
+                    reason: "uses variables; give --kernel (and --module-name/--module-namespace)".into(),
+                });
+            }
+            return Ok((self.from.clone(), self.to.clone(), self.files.clone()));
+        };
+        let vars = shared_api::vars::Variables::new(kernel, &self.module_name, &self.module_namespace);
+        let sub = |v: &String| {
+            vars.substitute(v).map_err(|e| CliError::Variables {
+                value: v.clone(),
+                reason: e.to_string(),
+            })
+        };
+        Ok((
+            sub(&self.from)?,
+            sub(&self.to)?,
+            self.files.iter().map(sub).collect::<Result<_, _>>()?,
+        ))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +167,8 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{value:?}: {reason}")]
+    Variables { value: String, reason: String },
 }
 
 fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
@@ -158,6 +199,7 @@ pub fn run(args: SignArgs) -> Result<(), CliError> {
             Ok(())
         }
         SignCommand::Image(a) => {
+            let (from, to, files) = a.substituted()?;
             let signer = Signer::from_files(&a.keys.key, &a.keys.cert)?;
             let auth = match &a.auth {
                 Some(p) => {
@@ -167,9 +209,9 @@ pub fn run(args: SignArgs) -> Result<(), CliError> {
                 None => DockerConfigAuth::default(),
             };
             let req = SignImageRequest {
-                from: &a.from,
-                to: &a.to,
-                files: &a.files,
+                from: &from,
+                to: &to,
+                files: &files,
                 signer: &signer,
                 hash: a.keys.hash,
                 auth: &auth,
@@ -257,4 +299,61 @@ fn collect_modules(p: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<(), Cl
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(subcommand)]
+        c: SignCommand,
+    }
+
+    fn image(args: &[&str]) -> ImageArgs {
+        let mut all = vec!["t", "image", "--key", "k", "--cert", "c"];
+        all.extend_from_slice(args);
+        match T::parse_from(all).c {
+            SignCommand::Image(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn image_variables() {
+        let a = image(&[
+            "--from",
+            "r/x:${KERNEL_FULL_VERSION}-unsigned",
+            "--to",
+            "r/x:${KERNEL_FULL_VERSION}",
+            "--file",
+            "/opt/lib/modules/${KERNEL_FULL_VERSION}/${MOD_NAME}.ko",
+            "--kernel",
+            "6.1.0-56-amd64+",
+            "--module-name",
+            "kmm_ci_a",
+        ]);
+        let (from, to, files) = a.substituted().unwrap();
+        assert_eq!(from, "r/x:6.1.0-56-amd64-unsigned");
+        assert_eq!(to, "r/x:6.1.0-56-amd64");
+        assert_eq!(files, ["/opt/lib/modules/6.1.0-56-amd64/kmm_ci_a.ko"]);
+
+        let a = image(&["--from", "r/x:1", "--to", "r/x:2", "--file", "/m/${KERNEL_X}.ko"]);
+        let e = a.substituted().unwrap_err().to_string();
+        assert!(e.contains("--kernel"), "{e}");
+        let a = image(&[
+            "--from",
+            "r/x:1",
+            "--to",
+            "r/x:2",
+            "--file",
+            "/m/${NOPE}.ko",
+            "--kernel",
+            "6.1.0",
+        ]);
+        let e = a.substituted().unwrap_err().to_string();
+        assert!(e.contains("NOPE"), "{e}");
+    }
 }
