@@ -23,11 +23,11 @@ pub struct SignArgs {
 #[derive(Subcommand, Debug)]
 pub enum SignCommand {
     /// Sign one module file (in place, or into OUT). An existing signature is replaced.
-    Module(ModuleArgs),
+    Module(Box<ModuleArgs>),
     /// Pull an image, sign files in it and push the result as one new layer; prints the digest.
-    Image(ImageArgs),
+    Image(Box<ImageArgs>),
     /// Time this signer against the kernel's sign-file on the same modules; prints the ratio.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -316,7 +316,7 @@ mod tests {
         let mut all = vec!["t", "image", "--key", "k", "--cert", "c"];
         all.extend_from_slice(args);
         match T::parse_from(all).c {
-            SignCommand::Image(a) => a,
+            SignCommand::Image(a) => *a,
             _ => unreachable!(),
         }
     }
