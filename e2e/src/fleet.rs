@@ -141,6 +141,7 @@ impl Fleet {
             .clone()
             .or_else(|| std::env::var_os("KMM_E2E_DIR").map(PathBuf::from))
             .unwrap_or_else(|| std::env::temp_dir().join("kmm-e2e"));
+        prune_old_runs(&base, Duration::from_secs(24 * 3600));
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
         let dir = base.join(format!("{}-{stamp}-{}", spec.name, std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -271,6 +272,24 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+/// Remove run directories (logs of earlier fleets) older than `age`.
+fn prune_old_runs(base: &Path, age: Duration) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|d| d > age);
+        if old && e.path().join("pgids").is_file() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
