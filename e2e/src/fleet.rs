@@ -257,6 +257,18 @@ impl Fleet {
         self.sup.pids()
     }
 
+    /// Run one more process as part of the fleet (e.g. `kmm-hub` or
+    /// `kmm-spoke` under test): own process group, log in
+    /// [`Fleet::log_dir`], killed on teardown. Returns the log path.
+    pub fn spawn(&self, s: crate::proc::Spawn<'_>) -> Result<PathBuf> {
+        self.sup.spawn(s)
+    }
+
+    /// The supervisor owning every fleet process.
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.sup
+    }
+
     /// Stop one process by its name (e.g. `spoke-a-ocm-work-agent`).
     pub fn stop_process(&self, name: &str) -> Result<()> {
         self.sup.stop(name, Duration::from_secs(3))

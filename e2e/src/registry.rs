@@ -34,7 +34,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub(crate) async fn start(sup: &Supervisor, bins: &Bins, spec: &RegistrySpec, dir: &Path) -> Result<Self> {
+    /// Start a registry under `dir` (the fleet starts one from
+    /// [`crate::FleetSpec::registry`]; tests may start more).
+    pub async fn start(sup: &Supervisor, bins: &Bins, spec: &RegistrySpec, dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir.join("data"))?;
         let port = free_port()?;
         let debug_port = free_port()?;
