@@ -184,7 +184,7 @@ impl Supervisor {
     /// Stop one process by name (SIGTERM to its group, SIGKILL after `grace`).
     pub fn stop(&self, name: &str, grace: Duration) -> Result<()> {
         let mut procs = self.procs.lock().unwrap();
-        let Some(e) = procs.iter_mut().find(|e| e.name == name) else {
+        let Some(e) = procs.iter_mut().rev().find(|e| e.name == name && e.exited.is_none()) else {
             bail!("no process named {name}");
         };
         e.exited = Some("stopped".into());
