@@ -22,6 +22,9 @@ use super::auth::{DockerConfigAuth, RegistryCredentials};
 use super::keys::Signer;
 use super::module::{HashAlgo, sign_module};
 
+/// Largest file we sign from an image (kernel modules are far smaller).
+const MAX_FILE: u64 = 2 << 30;
+
 const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -315,8 +318,15 @@ fn scan_layer(blob: &std::path::Path, wanted: &BTreeSet<String>) -> Result<BTree
             }
             let header = Box::new(entry.header().clone());
             if kind.is_file() {
-                let mut data = Vec::with_capacity(entry.size() as usize);
-                entry
+                if entry.size() > MAX_FILE {
+                    return Err(format!(
+                        "{path} is {} bytes; files to sign are limited to {MAX_FILE} bytes",
+                        entry.size()
+                    ));
+                }
+                let mut data = Vec::new();
+                (&mut entry)
+                    .take(MAX_FILE)
                     .read_to_end(&mut data)
                     .map_err(|e| format!("reading {path}: {e}"))?;
                 found.insert(path, Found::File { header, data });
@@ -348,8 +358,15 @@ fn scan_layer(blob: &std::path::Path, wanted: &BTreeSet<String>) -> Result<BTree
             let mut entry = entry.map_err(|e| format!("corrupt tar archive: {e}"))?;
             let path = normalize_entry(&entry.path_bytes());
             if targets.contains(&path) && entry.header().entry_type().is_file() {
+                if entry.size() > MAX_FILE {
+                    return Err(format!(
+                        "{path} is {} bytes; files to sign are limited to {MAX_FILE} bytes",
+                        entry.size()
+                    ));
+                }
                 let mut data = Vec::new();
-                entry
+                (&mut entry)
+                    .take(MAX_FILE)
                     .read_to_end(&mut data)
                     .map_err(|e| format!("reading {path}: {e}"))?;
                 contents.insert(path, data);
