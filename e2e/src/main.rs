@@ -31,8 +31,13 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // The readiness polls log every refused connection at ERROR; hide those.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "warn,kube_client::client::builder=off".into());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
