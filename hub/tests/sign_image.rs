@@ -155,6 +155,11 @@ fn sha256(b: &[u8]) -> String {
 /// Pushes an unsigned kmod image: a base layer, then the fixture modules under
 /// /opt/lib/modules/<kver>/ (plus a non-ELF file), like a KMM build would.
 async fn push_unsigned(reg: &Registry, repo_tag: &str, auth: &RegistryAuth) -> Reference {
+    push_unsigned_as(reg, repo_tag, auth, false).await
+}
+
+/// As [`push_unsigned`]; `docker`: with Docker schema 2 media types, as kaniko pushes.
+async fn push_unsigned_as(reg: &Registry, repo_tag: &str, auth: &RegistryAuth, docker: bool) -> Reference {
     let fx = fixtures();
     let base = targz(&[
         ("etc/os-release".into(), b"ID=kmm-test\n".to_vec(), 0o644),
@@ -185,9 +190,42 @@ async fn push_unsigned(reg: &Registry, repo_tag: &str, auth: &RegistryAuth) -> R
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created_by": "base"}, {"created_by": "modules"}],
     });
+    let r: Reference = format!("{}/{repo_tag}", reg.host).parse().unwrap();
+    if docker {
+        let c = client();
+        c.store_auth_if_needed(r.resolve_registry(), auth).await;
+        let config = serde_json::to_vec(&config).unwrap();
+        let mut descs = Vec::new();
+        for blob in [&base, &mods] {
+            c.push_blob(&r, blob.clone(), &sha256(blob)).await.unwrap();
+            descs.push(serde_json::json!({
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "size": blob.len(),
+                "digest": sha256(blob),
+            }));
+        }
+        c.push_blob(&r, config.clone(), &sha256(&config)).await.unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": config.len(),
+                "digest": sha256(&config),
+            },
+            "layers": descs,
+        });
+        c.push_manifest_raw(
+            &r,
+            serde_json::to_vec(&manifest).unwrap(),
+            "application/vnd.docker.distribution.manifest.v2+json".parse().unwrap(),
+        )
+        .await
+        .expect("pushing the unsigned docker-typed test image");
+        return r;
+    }
     let layers = vec![ImageLayer::oci_v1_gzip(base, None), ImageLayer::oci_v1_gzip(mods, None)];
     let config = Config::oci_v1(serde_json::to_vec(&config).unwrap(), None);
-    let r: Reference = format!("{}/{repo_tag}", reg.host).parse().unwrap();
     client()
         .push(&r, &layers, config, auth, None)
         .await
@@ -217,7 +255,14 @@ struct Pulled {
 async fn pull(r: &Reference, auth: &RegistryAuth) -> Pulled {
     let c = client();
     let (raw, digest) = c
-        .pull_manifest_raw(r, auth, &["application/vnd.oci.image.manifest.v1+json"])
+        .pull_manifest_raw(
+            r,
+            auth,
+            &[
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+            ],
+        )
         .await
         .unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
@@ -295,6 +340,26 @@ async fn check_signed(
     assert_eq!(al.len(), bl.len() + 1, "exactly one layer added");
     assert_eq!(&al[..bl.len()], &bl[..], "base layers unchanged");
     assert_eq!(al[bl.len()]["digest"], out.layer_digest);
+    // kept; an OCI manifest without the (optional) field gets it
+    let oci = serde_json::json!("application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        &after.manifest["mediaType"],
+        if before.manifest["mediaType"].is_null() {
+            &oci
+        } else {
+            &before.manifest["mediaType"]
+        },
+        "manifest media type kept"
+    );
+    let docker = before.manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json";
+    assert_eq!(
+        al[bl.len()]["mediaType"],
+        if docker {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
+    );
     let diff_ids = after.config["rootfs"]["diff_ids"].as_array().unwrap();
     assert_eq!(diff_ids.len(), al.len());
     assert_eq!(
@@ -565,4 +630,24 @@ async fn cli_signs_an_image() {
         std::fs::write(&f, data).unwrap();
         assert_modinfo_signed(&f, &kp, "sha256");
     }
+}
+
+/// Images pushed with Docker schema 2 media types (kaniko's default) stay Docker-typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_a_docker_schema2_image() {
+    let fx = fixtures();
+    let reg = Registry::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let kp = keypair(dir.path(), KeyType::Rsa(2048), "docker image signer");
+    let signer = Signer::from_files(&kp.key, &kp.cert).unwrap();
+    let anon = RegistryAuth::Anonymous;
+    let unsigned = push_unsigned_as(&reg, "kmm/docker:unsigned", &anon, true).await;
+    let files = files_to_sign(&fx.kver);
+    let from = unsigned.whole();
+    let to = format!("{}/kmm/docker:signed", reg.host);
+    let auth = DockerConfigAuth::default();
+    let out = sign_image(&request(&from, &to, &files, &signer, &auth))
+        .await
+        .expect("signing the docker-typed image");
+    check_signed(&unsigned, &to.parse().unwrap(), &out, &anon, &kp, true).await;
 }
