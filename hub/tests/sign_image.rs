@@ -68,6 +68,11 @@ impl Drop for Registry {
 
 impl Registry {
     fn start(auth: Option<(&str, &str)>) -> Registry {
+        Self::start_with(auth, false)
+    }
+
+    /// `tls`: serve HTTPS with a self-signed certificate for 127.0.0.1.
+    fn start_with(auth: Option<(&str, &str)>, tls: bool) -> Registry {
         let bin = registry_bin();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -82,9 +87,38 @@ impl Registry {
                 file.display()
             );
         }
+        let mut tls_block = String::new();
+        if tls {
+            let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            openssl(
+                dir.path(),
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                    "-keyout",
+                    &key.display().to_string(),
+                    "-out",
+                    &crt.display().to_string(),
+                ],
+            );
+            tls_block = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                crt.display(),
+                key.display()
+            );
+        }
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: not-secret\n  debug:\n    addr: 127.0.0.1:{debug_port}\n{auth_block}",
+             http:\n  addr: 127.0.0.1:{port}\n  secret: not-secret\n  debug:\n    addr: 127.0.0.1:{debug_port}\n{tls_block}{auth_block}",
             dir.path().join("data").display()
         );
         let cfg = dir.path().join("config.yml");
@@ -98,6 +132,9 @@ impl Registry {
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        if !tls {
+            PLAIN_HOSTS.lock().unwrap().push(format!("127.0.0.1:{port}"));
+        }
         let reg = Registry {
             host: format!("127.0.0.1:{port}"),
             child,
@@ -116,10 +153,15 @@ impl Registry {
     }
 }
 
+/// Registries of this test process that serve plain HTTP (the others serve HTTPS).
+static PLAIN_HOSTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The test's own client: plain HTTP or HTTPS (any certificate) as each registry serves.
 fn client() -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
+        protocol: ClientProtocol::HttpsExcept(PLAIN_HOSTS.lock().unwrap().clone()),
+        accept_invalid_certificates: true,
         ..Default::default()
     })
 }
@@ -650,4 +692,54 @@ async fn signs_a_docker_schema2_image() {
         .await
         .expect("signing the docker-typed image");
     check_signed(&unsigned, &to.parse().unwrap(), &out, &anon, &kp, true).await;
+}
+
+/// registryTLS against an HTTPS registry with a self-signed certificate: verification fails
+/// (nothing pushed) unless `insecureSkipTLSVerify` or `insecure` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_tls_options() {
+    let fx = fixtures();
+    let reg = Registry::start_with(None, true);
+    let dir = tempfile::tempdir().unwrap();
+    let kp = keypair(dir.path(), KeyType::P256, "tls signer");
+    let signer = Signer::from_files(&kp.key, &kp.cert).unwrap();
+    let anon = RegistryAuth::Anonymous;
+    let unsigned = push_unsigned(&reg, "kmm/kmod:unsigned", &anon).await;
+    let files = files_to_sign(&fx.kver);
+    let from = unsigned.whole();
+    let auth = DockerConfigAuth::default();
+
+    let to = format!("{}/kmm/kmod:verified", reg.host);
+    let mut req = request(&from, &to, &files, &signer, &auth);
+    req.tls = RegistryTls::default();
+    let err = sign_image(&req).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&reg.host) && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    let res = client().fetch_manifest_digest(&to.parse().unwrap(), &anon).await;
+    assert!(res.is_err(), "pushed despite the error: {res:?}");
+
+    for (name, tls) in [
+        (
+            "skip-verify",
+            RegistryTls {
+                insecure: false,
+                insecure_skip_tls_verify: true,
+            },
+        ),
+        (
+            "insecure",
+            RegistryTls {
+                insecure: true,
+                insecure_skip_tls_verify: false,
+            },
+        ),
+    ] {
+        let to = format!("{}/kmm/kmod:{name}", reg.host);
+        let mut req = request(&from, &to, &files, &signer, &auth);
+        req.tls = tls;
+        let out = sign_image(&req).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        check_signed(&unsigned, &to.parse().unwrap(), &out, &anon, &kp, false).await;
+    }
 }

@@ -35,7 +35,7 @@ const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar
 /// `registryTLS` of a Module.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RegistryTls {
-    /// Talk plain HTTP to the registry.
+    /// Accept any certificate, and use plain HTTP with a registry that does not speak HTTPS.
     pub insecure: bool,
     /// Use HTTPS but accept any certificate.
     pub insecure_skip_tls_verify: bool,
@@ -159,24 +159,55 @@ struct Registry {
 }
 
 impl Registry {
-    fn new(tls: RegistryTls, timeout: Duration) -> Self {
-        // reqwest is built without a compiled-in rustls provider; use ring (as kube does).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let config = ClientConfig {
-            protocol: if tls.insecure {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: tls.insecure_skip_tls_verify,
+    fn config(protocol: ClientProtocol, accept_invalid: bool, timeout: Duration) -> ClientConfig {
+        ClientConfig {
+            protocol,
+            accept_invalid_certificates: accept_invalid,
             connect_timeout: Some(timeout),
             read_timeout: Some(timeout),
             // Linux amd64 nodes: pick that entry from a multi-platform index.
             platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
             ..Default::default()
+        }
+    }
+
+    /// A client for `hosts` with `registryTLS` applied, as upstream KMM (go-containerregistry)
+    /// does: `insecureSkipTLSVerify` accepts any certificate; `insecure` also accepts any
+    /// certificate and falls back to plain HTTP for a registry that does not speak HTTPS.
+    async fn connect(tls: RegistryTls, timeout: Duration, hosts: &[&str]) -> Self {
+        // reqwest is built without a compiled-in rustls provider; use ring (as kube does).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let accept_invalid = tls.insecure || tls.insecure_skip_tls_verify;
+        let protocol = if tls.insecure {
+            let mut plain: Vec<String> = Vec::new();
+            for host in hosts {
+                if plain.iter().any(|h| h == host) {
+                    continue;
+                }
+                // GET https://host/v2/ with a throwaway client: any HTTP answer means HTTPS.
+                let probe = Client::new(Self::config(ClientProtocol::Https, true, timeout));
+                let r = Reference::with_tag(host.to_string(), "kmm/probe".into(), "probe".into());
+                let answer = tokio::time::timeout(
+                    timeout,
+                    probe.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Pull),
+                )
+                .await;
+                let https = match answer {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(oci_client::errors::OciDistributionError::RequestError(_))) => false,
+                    Ok(Err(_)) => true,
+                    Err(_) => false,
+                };
+                if !https {
+                    plain.push(host.to_string());
+                }
+            }
+            ClientProtocol::HttpsExcept(plain)
+        } else {
+            ClientProtocol::Https
         };
         Registry {
-            client: Client::new(config),
+            client: Client::new(Self::config(protocol, accept_invalid, timeout)),
             timeout,
         }
     }
@@ -484,7 +515,7 @@ pub async fn sign_image(req: &SignImageRequest<'_>) -> Result<SignedImage, Image
             wanted_order.push(n);
         }
     }
-    let reg = Registry::new(req.tls, req.timeout);
+    let reg = Registry::connect(req.tls, req.timeout, &[from.resolve_registry(), to.resolve_registry()]).await;
     let from_auth = oci_auth(req.auth.for_registry(from.resolve_registry()));
     let to_auth = oci_auth(req.auth.for_registry(to.resolve_registry()));
     let image = from.whole();
