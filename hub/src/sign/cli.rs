@@ -73,10 +73,11 @@ pub struct ImageArgs {
     /// Registry credentials: a docker config.json / .dockerconfigjson.
     #[arg(long)]
     pub auth: Option<PathBuf>,
-    /// Use plain HTTP.
+    /// Accept any certificate, and fall back to plain HTTP when the registry does not speak
+    /// HTTPS (registryTLS.insecure).
     #[arg(long)]
     pub insecure: bool,
-    /// Use HTTPS without verifying the registry's certificate.
+    /// Use HTTPS without verifying the registry's certificate (registryTLS.insecureSkipTLSVerify).
     #[arg(long)]
     pub insecure_skip_tls_verify: bool,
     /// Seconds to wait for the registry to connect or answer.
