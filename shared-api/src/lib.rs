@@ -4,6 +4,7 @@
 //! node label keys and spec validation. Nothing here does I/O except [`tool`], the command-line
 //! glue of the binaries.
 
+pub mod conditions;
 pub mod crds;
 pub mod image;
 pub mod kernel;

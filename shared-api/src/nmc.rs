@@ -79,7 +79,19 @@ pub struct ModuleConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_tree_modules_to_remove: Vec<String>,
     /// modprobe settings.
+    #[schemars(schema_with = "modprobe_without_rules")]
     pub modprobe: ModprobeSpec,
+}
+
+/// The ModprobeSpec schema without its CEL rules: entries here are written by the controller from
+/// validated Modules, and rules inside an unbounded list would exceed the API server's CEL cost
+/// budget.
+fn modprobe_without_rules(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = <ModprobeSpec as schemars::JsonSchema>::json_schema(generator);
+    if let Some(obj) = schema.as_object_mut() {
+        obj.remove("x-kubernetes-validations");
+    }
+    schema
 }
 
 /// Modules loaded on the node.
