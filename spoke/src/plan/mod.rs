@@ -1,6 +1,7 @@
 //! Pure planning for `kmm-spoke`: from observed cluster state to desired objects and actions.
 //! No I/O here; the controllers read caches, call these functions and apply the results.
 
+pub mod device_plugin;
 pub mod module_plan;
 pub mod node_plan;
 pub mod selection;

@@ -8,9 +8,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, HostPathVolumeSource,
-    LocalObjectReference, ObjectFieldSelector, Pod, PodSpec, SELinuxOptions, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, HostPathVolumeSource, LocalObjectReference,
+    ObjectFieldSelector, Pod, PodSpec, SELinuxOptions, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use sha2::{Digest, Sha256};
@@ -36,6 +35,8 @@ pub const REPORTED_ANNOTATION: &str = "kmm.node.kubernetes.io/failure-reported";
 pub const CONFIG_PATH: &str = "/etc/kmm-worker/config.yaml";
 /// Where the pull secret is mounted.
 pub const PULL_SECRET_DIR: &str = "/var/run/secrets/kmm/pull";
+/// Where the worker unpacks the kmod image it pulls (an emptyDir, gone with the pod).
+pub const PULL_DIR: &str = "/var/run/kmm/images";
 
 /// Installation-wide settings of worker pods (the operator configuration's `worker` section).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,8 +117,16 @@ pub fn render(
 ) -> Pod {
     let config_json = serde_json::to_string(&entry.config).expect("a config always serialises");
     let entry_json = serde_json::to_string(entry).expect("an entry always serialises");
-    let mut args = vec!["kmod".to_owned(), action.as_str().to_owned(), CONFIG_PATH.to_owned()];
-    args.push(format!("--firmware-host-path={}", settings.firmware_host_path));
+    // The worker pulls the kmod image itself, with the Module's pull secret, and unpacks it with
+    // its hostile-layer checks into an emptyDir.
+    let mut args = vec![
+        "kmod".to_owned(),
+        action.as_str().to_owned(),
+        CONFIG_PATH.to_owned(),
+        "--pull".to_owned(),
+        format!("--pull-dir={PULL_DIR}"),
+        format!("--firmware-host-dir={}", settings.firmware_host_path),
+    ];
     if let Some(p) = &settings.set_firmware_class_path {
         args.push(format!("--set-firmware-class-path={p}"));
     }
@@ -139,11 +148,17 @@ pub fn render(
         },
         host_path("lib-modules", "/lib/modules", "Directory"),
         host_path("firmware", &settings.firmware_host_path, "DirectoryOrCreate"),
+        Volume {
+            name: "images".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
     ];
     let mut mounts = vec![
         mount("config", "/etc/kmm-worker", true),
         mount("lib-modules", "/lib/modules", true),
         mount("firmware", &settings.firmware_host_path, false),
+        mount("images", PULL_DIR, false),
     ];
     if settings.set_firmware_class_path.is_some() {
         let p = "/sys/module/firmware_class/parameters";
@@ -160,7 +175,7 @@ pub fn render(
             ..Default::default()
         });
         mounts.push(mount("pull-secret", PULL_SECRET_DIR, true));
-        args.push(format!("--pull-secret={PULL_SECRET_DIR}/.dockerconfigjson"));
+        args.push(format!("--pull-secret={PULL_SECRET_DIR}"));
     }
     Pod {
         metadata: ObjectMeta {
@@ -195,17 +210,16 @@ pub fn render(
                 image: Some(settings.image.clone()),
                 args: Some(args),
                 termination_message_policy: Some("FallbackToLogsOnError".into()),
+                // Loading modules and writing firmware_class.path need the host's kernel and
+                // sysfs: the worker is privileged, which is why Module namespaces need a
+                // ServiceAccount allowed to run it (see the security section of the docs).
                 security_context: Some(SecurityContext {
+                    privileged: Some(true),
                     run_as_user: Some(settings.run_as_user),
                     se_linux_options: Some(SELinuxOptions {
                         type_: Some(settings.selinux_type.clone()),
                         ..Default::default()
                     }),
-                    capabilities: Some(Capabilities {
-                        add: Some(vec!["SYS_MODULE".into()]),
-                        drop: Some(vec!["ALL".into()]),
-                    }),
-                    allow_privilege_escalation: Some(false),
                     ..Default::default()
                 }),
                 volume_mounts: Some(mounts),
@@ -323,13 +337,15 @@ mod tests {
                 "kmod",
                 "load",
                 CONFIG_PATH,
-                "--firmware-host-path=/var/lib/firmware",
+                "--pull",
+                "--pull-dir=/var/run/kmm/images",
+                "--firmware-host-dir=/var/lib/firmware",
                 "--set-firmware-class-path=/var/lib/firmware",
-                "--pull-secret=/var/run/secrets/kmm/pull/.dockerconfigjson"
+                "--pull-secret=/var/run/secrets/kmm/pull"
             ]
         );
         let sc = c.security_context.as_ref().unwrap();
-        assert_eq!(sc.capabilities.as_ref().unwrap().add.as_ref().unwrap(), &["SYS_MODULE"]);
+        assert_eq!(sc.privileged, Some(true));
         assert_eq!(sc.run_as_user, Some(0));
         let ann = pod.metadata.annotations.as_ref().unwrap();
         let config: ModuleConfig = serde_json::from_str(&ann[CONFIG_ANNOTATION]).unwrap();

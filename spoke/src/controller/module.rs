@@ -1,0 +1,433 @@
+//! Module controller: writes each Module's entry into the NodeModulesConfig of every targeted
+//! node, runs its device plugin DaemonSet, reports its status, and on deletion keeps the Module
+//! until the node controllers have unloaded it everywhere.
+//!
+//! Each Module applies its NodeModulesConfig entries with a field manager of its own. The
+//! entries form a list map keyed by namespace and name, so server-side apply merges the Modules'
+//! entries, and applying an empty list removes exactly this Module's entry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use shared_api::conditions::{self, Wanted};
+use shared_api::module::{DaemonSetStatus, Module, ModuleStatus};
+use shared_api::nmc::{NodeModuleSpec, NodeModuleStatus, NodeModulesConfig};
+
+use super::{Context, Error, FINALIZER, RESYNC, is_not_found, kube_err};
+use crate::plan::ModuleKey;
+use crate::plan::device_plugin;
+use crate::plan::module_plan::{ModulePlan, PlanError, loader_status, plan_module};
+
+/// Field manager under which a Module's NodeModulesConfig entries are applied.
+pub fn field_manager(key: &ModuleKey) -> String {
+    let m = format!("kmm-spoke.module.{}.{}", key.namespace, key.name);
+    if m.len() <= 128 {
+        return m;
+    }
+    use sha2::{Digest, Sha256};
+    let h: String = Sha256::digest(m.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("kmm-spoke.module.{h}")
+}
+
+fn nmc_entry<'a>(nmc: &'a NodeModulesConfig, key: &ModuleKey) -> Option<&'a NodeModuleSpec> {
+    nmc.spec
+        .modules
+        .iter()
+        .find(|m| m.namespace == key.namespace && m.name == key.name)
+}
+
+fn nmc_has_status(nmc: &NodeModulesConfig, key: &ModuleKey) -> bool {
+    nmc.status.as_ref().is_some_and(|s| {
+        s.modules
+            .iter()
+            .any(|m| m.namespace == key.namespace && m.name == key.name)
+    })
+}
+
+/// Applies this Module's entry in the NodeModulesConfig of `node` (created if missing, owned by
+/// the Node so it is garbage collected with it).
+async fn apply_entry(ctx: &Context, node: &str, entry: &NodeModuleSpec, key: &ModuleKey) -> Result<(), Error> {
+    let owner = ctx
+        .nodes
+        .get(&kube::runtime::reflector::ObjectRef::new(node))
+        .and_then(|n| n.controller_owner_ref(&()))
+        .map(|mut o| {
+            // The Node owns its NodeModulesConfig (garbage collected with it), but does not control it.
+            o.controller = None;
+            o.block_owner_deletion = None;
+            o
+        });
+    let body = json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "NodeModulesConfig",
+        "metadata": { "name": node, "ownerReferences": owner.map(|o| vec![o]).unwrap_or_default() },
+        "spec": { "modules": [entry] },
+    });
+    let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
+    api.patch(
+        node,
+        &PatchParams::apply(&field_manager(key)).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(kube_err(format!("applying {key} to NodeModulesConfig {node}")))?;
+    ctx.metrics.api_writes.inc();
+    Ok(())
+}
+
+/// Removes this Module's entry from the NodeModulesConfig of `node`. A JSON patch that first
+/// tests the entry's identity at its index, so a concurrent change by another Module can never
+/// make it remove the wrong entry (it fails and is retried instead).
+async fn withdraw_entry(ctx: &Context, node: &str, key: &ModuleKey) -> Result<(), Error> {
+    let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
+    let what = || format!("withdrawing {key} from NodeModulesConfig {node}");
+    for _ in 0..5 {
+        let Some(nmc) = api.get_opt(node).await.map_err(kube_err(what()))? else {
+            return Ok(());
+        };
+        let Some(i) = nmc
+            .spec
+            .modules
+            .iter()
+            .position(|m| m.namespace == key.namespace && m.name == key.name)
+        else {
+            return Ok(());
+        };
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            { "op": "test", "path": format!("/spec/modules/{i}/namespace"), "value": key.namespace },
+            { "op": "test", "path": format!("/spec/modules/{i}/name"), "value": key.name },
+            { "op": "remove", "path": format!("/spec/modules/{i}") },
+        ]))
+        .expect("a well-formed JSON patch");
+        match api
+            .patch(node, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+        {
+            Ok(_) => {
+                ctx.metrics.api_writes.inc();
+                return Ok(());
+            }
+            // The list moved under us: read it again.
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => continue,
+            Err(e) => return Err(kube_err(what())(e)),
+        }
+    }
+    Err(Error::Missing(what(), "a stable entry after 5 attempts"))
+}
+
+async fn publish(ctx: &Context, module: &Module, type_: EventType, reason: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &module.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing event");
+    }
+}
+
+async fn patch_status(ctx: &Context, module: &Module, status: ModuleStatus) -> Result<(), Error> {
+    if module.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Module> = Api::namespaced(ctx.client.clone(), &module.namespace().unwrap_or_default());
+    api.patch_status(
+        &module.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(kube_err(format!("updating the status of Module {}", module.name_any())))?;
+    ctx.metrics.api_writes.inc();
+    Ok(())
+}
+
+fn module_key(module: &Module) -> Result<ModuleKey, Error> {
+    let ns = module
+        .namespace()
+        .ok_or_else(|| Error::Missing(module.name_any(), "namespace"))?;
+    Ok(ModuleKey::new(ns, module.name_any()))
+}
+
+/// Reconciles one Module.
+pub async fn reconcile(module: Arc<Module>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&module, &ctx).await;
+    ctx.metrics
+        .observe_reconcile("module", started.elapsed(), result.is_err());
+    result
+}
+
+async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error> {
+    let key = module_key(module)?;
+    let api: Api<Module> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let now = Timestamp::now();
+    let generation = module.metadata.generation;
+    let mut status = module.status.clone().unwrap_or_default();
+
+    if module.metadata.deletion_timestamp.is_some() {
+        for nmc in ctx.nmcs.state() {
+            if nmc_entry(&nmc, &key).is_some() {
+                withdraw_entry(ctx, &nmc.name_any(), &key).await?;
+            }
+        }
+        let loaded: Vec<String> = ctx
+            .nmcs
+            .state()
+            .iter()
+            .filter(|n| nmc_has_status(n, &key))
+            .map(|n| n.name_any())
+            .collect();
+        if !loaded.is_empty() {
+            status.module_loader.desired_number = 0;
+            status.module_loader.available_number = loaded.len() as i32;
+            let message = format!("unloading from {} node(s): {}", loaded.len(), loaded.join(", "));
+            conditions::set(
+                &mut status.conditions,
+                Wanted {
+                    type_: conditions::PROGRESSING,
+                    status: true,
+                    reason: "Unloading",
+                    message,
+                },
+                generation,
+                now,
+            );
+            patch_status(ctx, module, status).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
+        if module.finalizers().iter().any(|f| f == FINALIZER) {
+            let remaining: Vec<&String> = module.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+            let patch =
+                json!({ "metadata": { "finalizers": remaining, "resourceVersion": module.resource_version() } });
+            match api
+                .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(kube_err(format!("removing the finalizer of Module {key}"))(e)),
+            }
+            tracing::info!(module = %key, "unloaded from every node; finalizer removed");
+        }
+        return Ok(Action::await_change());
+    }
+
+    if !module.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = module.finalizers().to_vec();
+        finalizers.push(FINALIZER.into());
+        let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": module.resource_version() } });
+        api.patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(kube_err(format!("adding the finalizer to Module {key}")))?;
+        // The update triggers another reconcile with the finalizer in place.
+        return Ok(Action::await_change());
+    }
+
+    let nodes: Vec<_> = ctx
+        .nodes
+        .state()
+        .iter()
+        .filter_map(|n| crate::plan::selection::NodeView::from_node(n))
+        .collect();
+    let plan = match plan_module(module, &nodes, &ctx.spoke) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let reason = match e {
+                PlanError::Invalid(_) => "InvalidSpec",
+                PlanError::Mapping(_) => "InvalidKernelMapping",
+            };
+            let message = e.to_string();
+            let was = module
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::DEGRADED))
+                .map(|c| c.message.clone());
+            // Said once per distinct problem: node events re-plan every Module.
+            if was.as_deref() != Some(message.as_str()) {
+                tracing::warn!(module = %key, %message, "not loading: the spec is invalid");
+                publish(ctx, module, EventType::Warning, reason, message.clone()).await;
+            }
+            conditions::set(
+                &mut status.conditions,
+                Wanted {
+                    type_: conditions::DEGRADED,
+                    status: true,
+                    reason,
+                    message,
+                },
+                generation,
+                now,
+            );
+            conditions::set(
+                &mut status.conditions,
+                Wanted {
+                    type_: conditions::PROGRESSING,
+                    status: false,
+                    reason,
+                    message: "fix the spec; nodes keep what they have loaded".into(),
+                },
+                generation,
+                now,
+            );
+            patch_status(ctx, module, status).await?;
+            // Nothing changes until the spec does; no hot loop.
+            return Ok(Action::await_change());
+        }
+    };
+
+    tracing::debug!(module = %key, targeted = plan.entries.len(), matching = plan.nodes_matching_selector, skipped = ?plan.skipped, "planned");
+    for (node, entry) in &plan.entries {
+        let current = ctx.nmcs.get(&kube::runtime::reflector::ObjectRef::new(node));
+        if current.as_deref().and_then(|n| nmc_entry(n, &key)) != Some(entry) {
+            apply_entry(ctx, node, entry, &key).await?;
+        }
+    }
+    for nmc in ctx.nmcs.state() {
+        if nmc_entry(&nmc, &key).is_some() && !plan.entries.contains_key(&nmc.name_any()) {
+            withdraw_entry(ctx, &nmc.name_any(), &key).await?;
+        }
+    }
+
+    let plugin = reconcile_device_plugin(module, &key, ctx, &plan).await?;
+    let loaded: std::collections::BTreeMap<String, NodeModuleStatus> = plan
+        .entries
+        .keys()
+        .filter_map(|node| {
+            let nmc = ctx.nmcs.get(&kube::runtime::reflector::ObjectRef::new(node))?;
+            let s = nmc
+                .status
+                .as_ref()?
+                .modules
+                .iter()
+                .find(|m| m.namespace == key.namespace && m.name == key.name)?;
+            Some((node.clone(), s.clone()))
+        })
+        .collect();
+    status.module_loader = loader_status(&plan, |node| loaded.get(node));
+    status.device_plugin = plugin;
+    set_conditions(&mut status, &plan, generation, now);
+    ctx.metrics.set_module(&key, &status.module_loader);
+    patch_status(ctx, module, status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+fn set_conditions(status: &mut ModuleStatus, plan: &ModulePlan, generation: Option<i64>, now: Timestamp) {
+    let l = status.module_loader;
+    let done = l.available_number == l.desired_number;
+    let mut problems: Vec<String> = plan
+        .skipped
+        .iter()
+        .filter(|(_, r)| r.starts_with("kernel ") || r.starts_with("no kernel"))
+        .map(|(n, r)| format!("{n}: {r}"))
+        .collect();
+    if !plan.needs_hub.is_empty() {
+        problems.push(format!(
+            "{} carry build or sign instructions; builds and signing run on the hub (kmm-hub), this spoke only loads existing images",
+            plan.needs_hub.join(", ")
+        ));
+    }
+    problems.truncate(10);
+    let (reason, message) = if problems.is_empty() {
+        ("AsExpected", String::new())
+    } else if !plan.needs_hub.is_empty() {
+        ("NeedsHub", problems.join("; "))
+    } else {
+        ("NoKernelMapping", problems.join("; "))
+    };
+    conditions::set(
+        &mut status.conditions,
+        Wanted {
+            type_: conditions::DEGRADED,
+            status: !problems.is_empty(),
+            reason,
+            message,
+        },
+        generation,
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        Wanted {
+            type_: conditions::PROGRESSING,
+            status: !done,
+            reason: if done { "AsExpected" } else { "Loading" },
+            message: if done {
+                String::new()
+            } else {
+                format!("loaded on {} of {} node(s)", l.available_number, l.desired_number)
+            },
+        },
+        generation,
+        now,
+    );
+    conditions::set(
+        &mut status.conditions,
+        Wanted {
+            type_: conditions::AVAILABLE,
+            status: done,
+            reason: if done { "Loaded" } else { "Loading" },
+            message: format!(
+                "loaded on {} of {} desired node(s); {} node(s) match the selector",
+                l.available_number, l.desired_number, l.nodes_matching_selector_number
+            ),
+        },
+        generation,
+        now,
+    );
+}
+
+async fn reconcile_device_plugin(
+    module: &Module,
+    key: &ModuleKey,
+    ctx: &Context,
+    plan: &ModulePlan,
+) -> Result<DaemonSetStatus, Error> {
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let name = device_plugin::name(&key.name);
+    let owner = module
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::Missing(key.to_string(), "uid"))?;
+    let default_sa = (key.namespace == ctx.spoke.operator_namespace)
+        .then_some(())
+        .and(ctx.device_plugin_service_account.as_deref());
+    match device_plugin::render(module, owner, default_sa) {
+        Some(ds) => {
+            let applied = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(super::NODE_MANAGER).force(),
+                    &Patch::Apply(&ds),
+                )
+                .await
+                .map_err(kube_err(format!("applying DaemonSet {}/{name}", key.namespace)))?;
+            let s = applied.status.unwrap_or_default();
+            Ok(DaemonSetStatus {
+                nodes_matching_selector_number: plan.nodes_matching_selector,
+                desired_number: s.desired_number_scheduled,
+                available_number: s.number_available.unwrap_or(0),
+            })
+        }
+        None => {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(kube_err(format!("deleting DaemonSet {}/{name}", key.namespace))(e)),
+            }
+            Ok(DaemonSetStatus::default())
+        }
+    }
+}

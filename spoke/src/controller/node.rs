@@ -1,0 +1,220 @@
+//! Node controller: one reconcile per NodeModulesConfig (named after its node). It gathers the
+//! node, its worker pods and its device plugin pods from the caches, asks
+//! [`plan_node`](crate::plan::node_plan::plan_node) what to do, and applies the steps in order,
+//! stopping at the first failure so a later step never runs without the earlier ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType as KubeEventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use shared_api::labels;
+use shared_api::nmc::{NodeModuleStatus, NodeModulesConfig};
+
+use super::{Context, Error, RESYNC, is_conflict, is_not_found, kube_err};
+use crate::plan::ModuleKey;
+use crate::plan::device_plugin;
+use crate::plan::node_plan::{EventType, NodeState, PodPhase, Step, plan_node};
+use crate::plan::selection::NodeView;
+use crate::plan::worker_pod;
+
+fn on_node<'a>(pods: &'a [Arc<Pod>], node: &'a str) -> impl Iterator<Item = &'a Arc<Pod>> + 'a {
+    pods.iter()
+        .filter(move |p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+}
+
+/// A plugin pod counts until it is gone or finished, terminating or not: it may still use the module.
+fn pod_running(p: &Pod) -> bool {
+    !matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Reconciles the NodeModulesConfig of one node.
+pub async fn reconcile(nmc: Arc<NodeModulesConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&nmc, &ctx).await;
+    ctx.metrics
+        .observe_reconcile("node", started.elapsed(), result.is_err());
+    result
+}
+
+async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Action, Error> {
+    let name = nmc.name_any();
+    let Some(node) = ctx.nodes.get(&ObjectRef::new(&name)) else {
+        // The node is gone; its NodeModulesConfig is garbage collected with it.
+        return Ok(Action::await_change());
+    };
+    let Some(view) = NodeView::from_node(&node) else {
+        return Ok(Action::await_change());
+    };
+    let worker_pods = ctx.worker_pods.state();
+    let pods: Vec<_> = on_node(&worker_pods, &name)
+        .filter_map(|p| worker_pod::read_back(p))
+        .collect();
+    let plugin_pods = ctx.plugin_pods.state();
+    let plugins: Vec<&Arc<Pod>> = on_node(&plugin_pods, &name).collect();
+    let running: BTreeSet<ModuleKey> = plugins
+        .iter()
+        .filter(|p| pod_running(p))
+        .filter_map(|p| device_plugin::module_of_pod(p))
+        .collect();
+    let status = nmc.status.as_ref().map(|s| s.modules.clone()).unwrap_or_default();
+    let mut steps = plan_node(&NodeState {
+        node: &view,
+        spec: &nmc.spec.modules,
+        status: &status,
+        pods: &pods,
+        device_plugin_running: &running,
+        now: Timestamp::now(),
+    });
+    steps.extend(plugin_ready_labels(&view, &plugins));
+    tracing::debug!(node = %name, spec = nmc.spec.modules.len(), pods = pods.len(), ?steps, "node plan");
+
+    let mut status = status;
+    let mut requeue = RESYNC;
+    for step in steps {
+        match step {
+            Step::Labels(changes) => patch_labels(ctx, &name, changes).await?,
+            Step::CreatePod { action, entry, attempt } => {
+                let owner = nmc
+                    .controller_owner_ref(&())
+                    .ok_or_else(|| Error::Missing(name.clone(), "uid"))?;
+                let pod = worker_pod::render(&name, &view.boot_id, &entry, action, attempt, &ctx.worker, owner);
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &entry.namespace);
+                match api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => {
+                        ctx.metrics.api_writes.inc();
+                        tracing::info!(node = %name, module = %format!("{}/{}", entry.namespace, entry.name), action = action.as_str(), attempt, "worker pod created");
+                    }
+                    // Same name still terminating, or created by a previous run: look again soon.
+                    Err(e) if is_conflict(&e) => requeue = requeue.min(Duration::from_secs(2)),
+                    Err(e) => return Err(kube_err(format!("creating worker pod on {name}"))(e)),
+                }
+            }
+            Step::DeletePod(pod) => {
+                let Some(ns) = pods.iter().find(|p| p.name == pod).map(|p| p.entry.namespace.clone()) else {
+                    continue;
+                };
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                match api.delete(&pod, &DeleteParams::background()).await {
+                    Ok(_) => {
+                        ctx.metrics.api_writes.inc();
+                    }
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(kube_err(format!("deleting worker pod {ns}/{pod}"))(e)),
+                }
+            }
+            Step::MarkReported(pod) => {
+                let Some(p) = pods.iter().find(|p| p.name == pod) else {
+                    continue;
+                };
+                if let PodPhase::Failed { message, .. } = &p.phase {
+                    ctx.metrics.worker_failures.inc();
+                    tracing::warn!(node = %name, pod = %pod, %message, "worker pod failed");
+                }
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.entry.namespace);
+                let patch = json!({ "metadata": { "annotations": { worker_pod::REPORTED_ANNOTATION: "true" } } });
+                match api.patch(&pod, &PatchParams::default(), &Patch::Merge(patch)).await {
+                    Ok(_) => {
+                        ctx.metrics.api_writes.inc();
+                    }
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(kube_err(format!("marking worker pod {pod} reported"))(e)),
+                }
+            }
+            Step::RecordLoaded(s) => {
+                status.retain(|m| !(m.namespace == s.namespace && m.name == s.name));
+                status.push(s);
+                write_status(ctx, &name, &status).await?;
+            }
+            Step::ForgetStatus(key) => {
+                status.retain(|m| !(m.namespace == key.namespace && m.name == key.name));
+                write_status(ctx, &name, &status).await?;
+            }
+            Step::Event { type_, reason, message } => {
+                let type_ = match type_ {
+                    EventType::Normal => KubeEventType::Normal,
+                    EventType::Warning => KubeEventType::Warning,
+                };
+                let ev = Event {
+                    type_,
+                    reason: reason.into(),
+                    note: Some(message),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&ev, &node.object_ref(&())).await {
+                    tracing::warn!(error = %e, node = %name, "publishing event");
+                }
+            }
+            Step::RequeueAfter(d) => requeue = requeue.min(d),
+        }
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// `<ns>.<name>.device-plugin-ready` on the node follows the readiness of the module's plugin pod.
+fn plugin_ready_labels(node: &NodeView, plugins: &[&Arc<Pod>]) -> Option<Step> {
+    let ready: BTreeSet<ModuleKey> = plugins
+        .iter()
+        .filter(|p| pod_ready(p))
+        .filter_map(|p| device_plugin::module_of_pod(p))
+        .collect();
+    let mut changes = BTreeMap::new();
+    for key in &ready {
+        if let Ok(k) = labels::device_plugin_ready(&key.namespace, &key.name)
+            && !node.labels.contains_key(&k)
+        {
+            changes.insert(k, Some(String::new()));
+        }
+    }
+    let prefix = format!("{}/", labels::NODE_LABEL_PREFIX);
+    for k in node.labels.keys() {
+        let Some(rest) = k.strip_prefix(&prefix) else { continue };
+        let Some(module) = rest.strip_suffix(".device-plugin-ready") else {
+            continue;
+        };
+        let is_ready = ready.iter().any(|r| format!("{}.{}", r.namespace, r.name) == module);
+        if !is_ready {
+            changes.insert(k.clone(), None);
+        }
+    }
+    (!changes.is_empty()).then_some(Step::Labels(changes))
+}
+
+async fn patch_labels(ctx: &Context, node: &str, changes: BTreeMap<String, Option<String>>) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let patch = json!({ "metadata": { "labels": changes } });
+    api.patch(node, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(kube_err(format!("labelling node {node}")))?;
+    ctx.metrics.api_writes.inc();
+    Ok(())
+}
+
+async fn write_status(ctx: &Context, name: &str, modules: &[NodeModuleStatus]) -> Result<(), Error> {
+    let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
+    let patch = json!({ "status": { "modules": modules } });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(kube_err(format!("updating the status of NodeModulesConfig {name}")))?;
+    ctx.metrics.api_writes.inc();
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! `kmm-spoke run`: wires the shared caches, the controllers, leader election, the health and
+//! metrics endpoints and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kmm_spoke::controller::{Context, Error, claim, module, node};
+use kmm_spoke::leader::{self, LeaseConfig};
+use kmm_spoke::metrics::Metrics;
+use kmm_spoke::plan::device_plugin;
+use kmm_spoke::plan::module_plan::SpokeContext;
+use kmm_spoke::plan::worker_pod::{self, WorkerSettings};
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use shared_api::module::Module;
+use shared_api::nmc::NodeModulesConfig;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `run` needs from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Namespace the spoke runs in.
+    pub namespace: String,
+    /// Worker pod settings.
+    pub worker: WorkerSettings,
+    /// ServiceAccount of worker pods for Modules in `namespace`.
+    pub worker_service_account: String,
+    /// ServiceAccount of device plugin pods for Modules in `namespace`.
+    pub device_plugin_service_account: String,
+    /// Publish the kernel-versions ClusterClaim.
+    pub managed: bool,
+    /// Health probes address.
+    pub health_addr: SocketAddr,
+    /// Metrics address.
+    pub metrics_addr: SocketAddr,
+    /// Leader election lease, if enabled.
+    pub lease: Option<LeaseConfig>,
+}
+
+fn error_policy<K>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action
+where
+    K: ResourceExt,
+{
+    tracing::warn!(object = %obj.name_any(), error = %err, "reconcile failed; retrying in 15s");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Runs until `shutdown` is cancelled or leadership is lost.
+pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    serve_probes(
+        opts.health_addr,
+        opts.metrics_addr,
+        ready.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+
+    if let Some(lease) = &opts.lease {
+        let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
+        tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting for the leader lease");
+        tokio::select! {
+            r = leader::acquire(&api, lease) => r?,
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        tracing::info!(lease = %lease.name, "acquired the leader lease");
+        let (api, lease, token) = (api.clone(), lease.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let err = leader::hold(&api, &lease).await;
+            tracing::error!(error = %err, "stopping");
+            token.cancel();
+        });
+    }
+
+    // One watch per kind. Each reflector updates its cache before it yields an event, and the
+    // controllers are triggered from those events, so a reconcile always sees at least the state
+    // that triggered it. (kube-runtime's shared streams are avoided: a subscriber stalls for good
+    // when the object it was told about is deleted before it reads it.) Triggers go through
+    // unbounded channels so a busy controller never holds a watch back.
+    let worker_selector = format!("app.kubernetes.io/name={}", worker_pod::APP);
+    let plugin_selector = format!("app.kubernetes.io/name={}", device_plugin::APP);
+    let (nodes, nodes_w) = reflector::store::<Node>();
+    let (nmcs, nmcs_w) = reflector::store::<NodeModulesConfig>();
+    let (worker_pods, worker_w) = reflector::store::<Pod>();
+    let (plugin_pods, plugin_w) = reflector::store::<Pod>();
+    let module_controller = Controller::new(Api::<Module>::all(client.clone()), watcher::Config::default());
+    let modules = module_controller.store();
+    let (to_modules, module_triggers) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Module>>();
+    let (to_nmcs, nmc_triggers) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<NodeModulesConfig>>();
+
+    let drivers = {
+        let (client, modules) = (client.clone(), modules.clone());
+        let (ws, ps) = (worker_selector.clone(), plugin_selector.clone());
+        let (nodes_to_modules, nodes_to_nmcs) = (to_modules.clone(), to_nmcs.clone());
+        let (nmcs_to_modules, workers_to_nmcs, plugins_to_nmcs) =
+            (to_modules.clone(), to_nmcs.clone(), to_nmcs.clone());
+        async move {
+            let node_events = reflector::reflector(
+                nodes_w,
+                watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+            )
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |node| {
+                if let Ok(node) = node {
+                    // Any node change can change where every Module belongs.
+                    for m in modules.state() {
+                        let _ = nodes_to_modules.send(ObjectRef::from_obj(m.as_ref()));
+                    }
+                    let _ = nodes_to_nmcs.send(ObjectRef::new(&node.name_any()));
+                }
+                async {}
+            });
+            let nmc_events = reflector::reflector(
+                nmcs_w,
+                watcher(
+                    Api::<NodeModulesConfig>::all(client.clone()),
+                    watcher::Config::default(),
+                ),
+            )
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |nmc| {
+                if let Ok(nmc) = nmc {
+                    let status = nmc
+                        .status
+                        .iter()
+                        .flat_map(|s| s.modules.iter().map(|m| (&m.namespace, &m.name)));
+                    for (ns, name) in nmc.spec.modules.iter().map(|m| (&m.namespace, &m.name)).chain(status) {
+                        let _ = nmcs_to_modules.send(ObjectRef::new(name).within(ns));
+                    }
+                }
+                async {}
+            });
+            let pod_events =
+                |w, selector: String, tx: tokio::sync::mpsc::UnboundedSender<ObjectRef<NodeModulesConfig>>| {
+                    reflector::reflector(
+                        w,
+                        watcher(
+                            Api::<Pod>::all(client.clone()),
+                            watcher::Config::default().labels(&selector),
+                        ),
+                    )
+                    .default_backoff()
+                    .touched_objects()
+                    .for_each(move |p| {
+                        if let Some(node) = p.ok().and_then(|p| p.spec.and_then(|s| s.node_name)) {
+                            let _ = tx.send(ObjectRef::new(&node));
+                        }
+                        async {}
+                    })
+                };
+            futures::future::join4(
+                node_events,
+                nmc_events,
+                pod_events(worker_w, ws, workers_to_nmcs),
+                pod_events(plugin_w, ps, plugins_to_nmcs),
+            )
+            .await
+        }
+    };
+    let node_controller = Controller::new(
+        Api::<NodeModulesConfig>::all(client.clone()),
+        watcher::Config::default(),
+    );
+
+    let reporter = Reporter {
+        controller: "kmm".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        spoke: SpokeContext {
+            operator_namespace: opts.namespace.clone(),
+            worker_service_account: opts.worker_service_account.clone(),
+        },
+        worker: opts.worker.clone(),
+        device_plugin_service_account: Some(opts.device_plugin_service_account.clone()),
+        nodes: nodes.clone(),
+        nmcs: nmcs.clone(),
+        modules: modules.clone(),
+        worker_pods: worker_pods.clone(),
+        plugin_pods: plugin_pods.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+    });
+
+    let module_controller = module_controller
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(module_triggers))
+        .owns(
+            Api::<DaemonSet>::all(client.clone()),
+            watcher::Config::default().labels(&plugin_selector),
+        )
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(module::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let node_controller = node_controller
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(nmc_triggers))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(node::reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {});
+    drop((to_modules, to_nmcs));
+
+    let claims = publish_claims(
+        opts.managed,
+        client.clone(),
+        nodes.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    );
+
+    // Readiness waits on the caches this function owns. A store's wait_until_ready keeps a single
+    // waker, so the controllers' own stores are left to the controllers that wait on them.
+    let readiness = {
+        let (nodes, nmcs, worker_pods, plugin_pods) =
+            (nodes.clone(), nmcs.clone(), worker_pods.clone(), plugin_pods.clone());
+        let ready = ready.clone();
+        async move {
+            let _ = futures::future::join4(
+                nodes.wait_until_ready(),
+                nmcs.wait_until_ready(),
+                worker_pods.wait_until_ready(),
+                plugin_pods.wait_until_ready(),
+            )
+            .await;
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!("caches synced; ready");
+        }
+    };
+    let modules_gauge = {
+        let (modules, metrics, token) = (modules.clone(), metrics.clone(), shutdown.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            while !token.is_cancelled() {
+                tokio::select! { _ = tick.tick() => {}, _ = token.cancelled() => break }
+                metrics.modules.set(modules.state().len() as i64);
+            }
+        }
+    };
+
+    // Watches and controllers run on their own tasks, so both cores serve them.
+    let drivers = tokio::spawn(drivers);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(module_controller);
+    tasks.spawn(node_controller);
+    tasks.spawn(claims);
+    tasks.spawn(readiness);
+    tasks.spawn(modules_gauge);
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        r = drivers => tracing::warn!(result = ?r.err(), "watch streams ended"),
+    }
+    // Controllers finish their in-flight reconciles, then stop.
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Keeps the kernel-versions ClusterClaim equal to the nodes' kernels. It reads the node cache on
+/// a short tick instead of subscribing to node events: a subscriber that waits on the API would
+/// hold back the shared node watch for every controller.
+async fn publish_claims(
+    managed: bool,
+    client: Client,
+    nodes: Store<Node>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    if !managed {
+        return;
+    }
+    let mut last: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if !ready.load(Ordering::SeqCst) {
+            continue;
+        }
+        let value = claim::claim_value(&nodes);
+        if value.is_empty() || last.as_deref() == Some(value.as_str()) {
+            continue;
+        }
+        match claim::publish(&client, &value).await {
+            Ok(()) => {
+                tracing::info!(kernels = %value.replace('\n', ","), "published the kernel-versions ClusterClaim");
+                last = Some(value);
+            }
+            Err(e) => tracing::warn!(error = %e, "publishing the kernel-versions ClusterClaim; retrying"),
+        }
+    }
+}
+
+async fn serve_probes(
+    health: SocketAddr,
+    metrics_addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let probes = Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let ready = ready.clone();
+            async move {
+                if ready.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                }
+            }
+        }),
+    );
+    let metrics_router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.encode() }
+        }),
+    );
+    for (addr, router, what) in [
+        (health, probes, "health probes"),
+        (metrics_addr, metrics_router, "metrics"),
+    ] {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the {what} address {addr}"))?;
+        tracing::info!(%addr, "serving {what}");
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+        });
+    }
+    Ok(())
+}
