@@ -353,7 +353,14 @@ mod tests {
         let vols: Vec<_> = spec.volumes.as_ref().unwrap().iter().map(|v| v.name.as_str()).collect();
         assert_eq!(
             vols,
-            ["config", "lib-modules", "firmware", "firmware-class", "pull-secret"]
+            [
+                "config",
+                "lib-modules",
+                "firmware",
+                "images",
+                "firmware-class",
+                "pull-secret"
+            ]
         );
     }
 
