@@ -23,6 +23,20 @@ enum Cmd {
     },
     /// Print where the binaries are (or how to build them).
     Bins,
+    /// Benchmark kmm-spoke: N fake nodes on three kernels and M Modules on one API server, next
+    /// to a bare client writing the same worker pods and label patches. Build kmm-spoke first:
+    /// `cargo build --release -p kmm-spoke && cargo run --release -p e2e -- bench-spoke`.
+    BenchSpoke {
+        /// Fake nodes.
+        #[arg(long, default_value_t = 500)]
+        nodes: usize,
+        /// Modules.
+        #[arg(long, default_value_t = 5)]
+        modules: usize,
+        /// Run directory (logs).
+        #[arg(long, default_value = "/tmp/kmm-bench-spoke")]
+        dir: std::path::PathBuf,
+    },
     /// (for the harness's own tests) start `sleep` under a supervisor in
     /// DIR, print its pid, and wait to be killed.
     #[command(hide = true)]
@@ -47,6 +61,10 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Up { dir } => up(dir).await,
+        Cmd::BenchSpoke { nodes, modules, dir } => {
+            ensure_bins()?;
+            e2e::bench_spoke::run(e2e::bench_spoke::Size { nodes, modules }, &dir).await
+        }
         Cmd::SupervisedSleep { dir } => {
             let sup = e2e::proc::Supervisor::new(&dir)?;
             let sleep = std::path::Path::new("/bin/sleep");
@@ -60,7 +78,27 @@ async fn main() -> Result<()> {
     }
 }
 
+/// On a fresh machine the fleet's binaries are not built yet: build them (with progress) so
+/// `cargo run -p e2e -- up` works as the README's first command.
+fn ensure_bins() -> Result<()> {
+    if e2e::bins::Bins::locate().is_ok() {
+        return Ok(());
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/build-bins.sh");
+    eprintln!(
+        "the fleet's binaries are not built yet; running {} (tens of minutes the first time) ...",
+        script.display()
+    );
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "{} failed ({status})", script.display());
+    e2e::bins::Bins::locate().map(drop)
+}
+
 async fn up(dir: Option<std::path::PathBuf>) -> Result<()> {
+    ensure_bins()?;
     let mut spec = FleetSpec::demo();
     if let Some(d) = dir {
         spec = spec.base_dir(d);

@@ -132,6 +132,7 @@ fn main() -> ExitCode {
         bad_regexp_and_untagged_image_get_clear_conditions,
         kernel_versions_claim_follows_the_nodes,
         api_server_enforces_the_crd_rules,
+        kubectl_accepts_the_generated_crds,
     ];
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
@@ -780,5 +781,28 @@ async fn api_server_enforces_the_crd_rules(env: Arc<Env>) -> Result<()> {
         err.to_string().contains("version cannot be added or removed on update"),
         "{err}"
     );
+    Ok(())
+}
+
+async fn kubectl_accepts_the_generated_crds(env: Arc<Env>) -> Result<()> {
+    let kubectl = Bins::locate()?.path("kubectl");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds");
+    for mode in ["client", "server"] {
+        let out = tokio::process::Command::new(&kubectl)
+            .args(["apply", &format!("--dry-run={mode}"), "-f"])
+            .arg(&crds)
+            .env("KUBECONFIG", &env.cluster.admin_kubeconfig)
+            .output()
+            .await
+            .context("running kubectl")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "kubectl apply --dry-run={mode}: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(stdout.lines().count() == 4, "expected 4 CRDs, kubectl said: {stdout}");
+    }
     Ok(())
 }
