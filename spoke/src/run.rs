@@ -99,6 +99,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     let (nmcs, nmcs_w) = reflector::store::<NodeModulesConfig>();
     let (worker_pods, worker_w) = reflector::store::<Pod>();
     let (plugin_pods, plugin_w) = reflector::store::<Pod>();
+    let (plugin_daemonsets, plugin_ds_w) = reflector::store::<DaemonSet>();
     let module_controller = Controller::new(Api::<Module>::all(client.clone()), watcher::Config::default());
     let modules = module_controller.store();
     let (to_modules, module_triggers) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Module>>();
@@ -166,11 +167,22 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                         async {}
                     })
                 };
-            futures::future::join4(
+            // DaemonSet changes reach the module controller through owns(); this cache serves lookups.
+            let daemonsets = reflector::reflector(
+                plugin_ds_w,
+                watcher(
+                    Api::<DaemonSet>::all(client.clone()),
+                    watcher::Config::default().labels(&ps),
+                ),
+            )
+            .default_backoff()
+            .for_each(|_| async {});
+            futures::future::join5(
                 node_events,
                 nmc_events,
                 pod_events(worker_w, ws, workers_to_nmcs),
-                pod_events(plugin_w, ps, plugins_to_nmcs),
+                pod_events(plugin_w, ps.clone(), plugins_to_nmcs),
+                daemonsets,
             )
             .await
         }
@@ -197,6 +209,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         modules: modules.clone(),
         worker_pods: worker_pods.clone(),
         plugin_pods: plugin_pods.clone(),
+        plugin_daemonsets: plugin_daemonsets.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
     });
@@ -228,15 +241,22 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     // Readiness waits on the caches this function owns. A store's wait_until_ready keeps a single
     // waker, so the controllers' own stores are left to the controllers that wait on them.
     let readiness = {
-        let (nodes, nmcs, worker_pods, plugin_pods) =
-            (nodes.clone(), nmcs.clone(), worker_pods.clone(), plugin_pods.clone());
+        let stores = (
+            nodes.clone(),
+            nmcs.clone(),
+            worker_pods.clone(),
+            plugin_pods.clone(),
+            plugin_daemonsets.clone(),
+        );
         let ready = ready.clone();
         async move {
-            let _ = futures::future::join4(
+            let (nodes, nmcs, worker_pods, plugin_pods, daemonsets) = stores;
+            let _ = futures::future::join5(
                 nodes.wait_until_ready(),
                 nmcs.wait_until_ready(),
                 worker_pods.wait_until_ready(),
                 plugin_pods.wait_until_ready(),
+                daemonsets.wait_until_ready(),
             )
             .await;
             ready.store(true, Ordering::SeqCst);

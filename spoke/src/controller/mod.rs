@@ -8,6 +8,7 @@ pub mod node;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::runtime::events::Recorder;
@@ -46,6 +47,8 @@ pub struct Context {
     pub worker_pods: Store<Pod>,
     /// Device plugin pods (label `app.kubernetes.io/name=kmm-device-plugin`).
     pub plugin_pods: Store<Pod>,
+    /// Device plugin DaemonSets (same label).
+    pub plugin_daemonsets: Store<DaemonSet>,
     /// Event recorder.
     pub recorder: Recorder,
     /// Metrics.

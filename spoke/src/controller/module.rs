@@ -390,6 +390,20 @@ fn set_conditions(status: &mut ModuleStatus, plan: &ModulePlan, generation: Opti
     );
 }
 
+/// Annotation with a hash of the DaemonSet as we last applied it, so an unchanged one is not
+/// applied again on every reconcile.
+const SPEC_HASH: &str = "kmm.node.kubernetes.io/spec-hash";
+
+fn spec_hash(ds: &DaemonSet) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(ds).expect("a DaemonSet always serialises");
+    Sha256::digest(bytes)
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 async fn reconcile_device_plugin(
     module: &Module,
     key: &ModuleKey,
@@ -398,36 +412,53 @@ async fn reconcile_device_plugin(
 ) -> Result<DaemonSetStatus, Error> {
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let name = device_plugin::name(&key.name);
+    let current = ctx
+        .plugin_daemonsets
+        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&key.namespace));
     let owner = module
         .controller_owner_ref(&())
         .ok_or_else(|| Error::Missing(key.to_string(), "uid"))?;
     let default_sa = (key.namespace == ctx.spoke.operator_namespace)
         .then_some(())
         .and(ctx.device_plugin_service_account.as_deref());
-    match device_plugin::render(module, owner, default_sa) {
-        Some(ds) => {
-            let applied = api
-                .patch(
-                    &name,
-                    &PatchParams::apply(super::NODE_MANAGER).force(),
-                    &Patch::Apply(&ds),
-                )
-                .await
-                .map_err(kube_err(format!("applying DaemonSet {}/{name}", key.namespace)))?;
-            let s = applied.status.unwrap_or_default();
-            Ok(DaemonSetStatus {
-                nodes_matching_selector_number: plan.nodes_matching_selector,
-                desired_number: s.desired_number_scheduled,
-                available_number: s.number_available.unwrap_or(0),
-            })
-        }
-        None => {
+    let Some(mut ds) = device_plugin::render(module, owner, default_sa) else {
+        if current.is_some() {
             match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {}
+                Ok(_) => {
+                    ctx.metrics.api_writes.inc();
+                }
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(kube_err(format!("deleting DaemonSet {}/{name}", key.namespace))(e)),
             }
-            Ok(DaemonSetStatus::default())
         }
-    }
+        return Ok(DaemonSetStatus::default());
+    };
+    let hash = spec_hash(&ds);
+    let applied_hash = current
+        .as_ref()
+        .and_then(|d| d.metadata.annotations.as_ref()?.get(SPEC_HASH).cloned());
+    let live = if applied_hash.as_deref() == Some(hash.as_str()) {
+        current.as_deref().cloned().unwrap_or_default()
+    } else {
+        ds.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SPEC_HASH.into(), hash);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(super::NODE_MANAGER).force(),
+                &Patch::Apply(&ds),
+            )
+            .await
+            .map_err(kube_err(format!("applying DaemonSet {}/{name}", key.namespace)))?;
+        ctx.metrics.api_writes.inc();
+        applied
+    };
+    let s = live.status.unwrap_or_default();
+    Ok(DaemonSetStatus {
+        nodes_matching_selector_number: plan.nodes_matching_selector,
+        desired_number: s.desired_number_scheduled,
+        available_number: s.number_available.unwrap_or(0),
+    })
 }
