@@ -7,7 +7,8 @@
 //!
 //! Key material never appears in errors, logs or `Debug` output.
 
-pub mod auth;
+/// Registry credentials from `imageRepoSecret`: shared with the worker's pulls.
+pub use shared_api::registry_auth as auth;
 pub mod bench;
 pub mod cli;
 mod der;

@@ -1,19 +1,17 @@
 //! Pulling the kmod image straight from its registry (oci-client) and unpacking it safely with
 //! [`super::extract::Extractor`], with the pull secret the spoke mounts into the worker pod.
 
-use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde_json::Value;
+use shared_api::registry_auth::{DockerConfigAuth, RegistryCredentials};
 
 use super::extract::{ExtractError, Extractor, Limits, Stats};
 
@@ -65,29 +63,11 @@ impl PullError {
     }
 }
 
-/// Registry credentials from a pull secret (`.dockerconfigjson` or legacy `.dockercfg`).
-/// Passwords are never printed.
-#[derive(Clone, Default)]
+/// Registry credentials from a pull secret (`.dockerconfigjson` or legacy `.dockercfg`), parsed
+/// by the same code as the hub's. Passwords are never printed.
+#[derive(Clone, Default, Debug)]
 pub struct PullSecret {
-    entries: Vec<(String, String, String)>,
-}
-
-impl fmt::Debug for PullSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.entries.iter().map(|(h, u, _)| format!("{u}@{h}")))
-            .finish()
-    }
-}
-
-/// `https://index.docker.io/v1/` → `docker.io`, `http://host:5000/x` → `host:5000`.
-fn normalize_host(key: &str) -> String {
-    let k = key.trim().trim_start_matches("https://").trim_start_matches("http://");
-    let host = k.split('/').next().unwrap_or(k).to_ascii_lowercase();
-    match host.as_str() {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
-        _ => host,
-    }
+    auth: DockerConfigAuth,
 }
 
 impl PullSecret {
@@ -118,45 +98,17 @@ impl PullSecret {
 
     /// Parses `{"auths": {...}}` or the legacy map of registries.
     pub fn parse(json: &[u8]) -> Result<Self, String> {
-        let value: Value = serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
-        let auths = match value.get("auths") {
-            Some(a) => a.clone(),
-            None => value,
-        };
-        let Value::Object(map) = auths else {
-            return Err("not a docker config (no \"auths\" object)".into());
-        };
-        let mut entries = Vec::new();
-        for (registry, a) in map {
-            let s = |k: &str| a.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
-            let (user, pass) = match (s("username"), s("password"), s("auth")) {
-                (Some(u), Some(p), _) => (u.to_string(), p.to_string()),
-                (_, _, Some(auth)) => {
-                    let decoded = base64::engine::general_purpose::STANDARD
-                        .decode(auth.trim())
-                        .map_err(|_| format!("entry {registry:?}: \"auth\" is not base64"))?;
-                    let text =
-                        String::from_utf8(decoded).map_err(|_| format!("entry {registry:?}: \"auth\" is not UTF-8"))?;
-                    let (u, p) = text
-                        .split_once(':')
-                        .ok_or_else(|| format!("entry {registry:?}: \"auth\" is not base64(\"user:password\")"))?;
-                    (u.to_string(), p.to_string())
-                }
-                _ => continue,
-            };
-            entries.push((normalize_host(&registry), user, pass));
-        }
-        Ok(PullSecret { entries })
+        DockerConfigAuth::parse(json, "pull secret")
+            .map(|auth| PullSecret { auth })
+            .map_err(|e| e.to_string())
     }
 
     /// Credentials for `registry` (`host[:port]`); anonymous when none match.
     pub fn for_registry(&self, registry: &str) -> RegistryAuth {
-        let want = normalize_host(registry);
-        self.entries
-            .iter()
-            .find(|(h, _, _)| *h == want)
-            .map(|(_, u, p)| RegistryAuth::Basic(u.clone(), p.clone()))
-            .unwrap_or(RegistryAuth::Anonymous)
+        match self.auth.for_registry(registry) {
+            RegistryCredentials::Basic { username, password } => RegistryAuth::Basic(username, password.to_string()),
+            RegistryCredentials::Anonymous => RegistryAuth::Anonymous,
+        }
     }
 }
 
@@ -474,8 +426,7 @@ pub fn dir_name_for(image: &str) -> String {
 
 /// The registries of a pull secret, for log lines.
 pub fn registries(secret: &PullSecret) -> Vec<String> {
-    let set: BTreeSet<&String> = secret.entries.iter().map(|(h, _, _)| h).collect();
-    set.into_iter().cloned().collect()
+    secret.auth.registries()
 }
 
 #[cfg(test)]

@@ -130,6 +130,17 @@ impl DockerConfigAuth {
         Ok(DockerConfigAuth { entries })
     }
 
+    /// The registries this secret holds credentials for (normalised hosts, sorted), for log lines.
+    pub fn registries(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> = self
+            .entries
+            .iter()
+            .filter(|(_, c)| matches!(c, RegistryCredentials::Basic { .. }))
+            .map(|(h, _)| h)
+            .collect();
+        set.into_iter().cloned().collect()
+    }
+
     /// The credentials for `registry` (a host, `host:port`), anonymous when none match.
     pub fn for_registry(&self, registry: &str) -> RegistryCredentials {
         let want = normalize_host(registry);
