@@ -206,7 +206,6 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         device_plugin_service_account: Some(opts.device_plugin_service_account.clone()),
         nodes: nodes.clone(),
         nmcs: nmcs.clone(),
-        modules: modules.clone(),
         worker_pods: worker_pods.clone(),
         plugin_pods: plugin_pods.clone(),
         plugin_daemonsets: plugin_daemonsets.clone(),

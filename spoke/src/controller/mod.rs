@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
-use shared_api::module::Module;
 use shared_api::nmc::NodeModulesConfig;
 
 use crate::metrics::Metrics;
@@ -41,8 +40,6 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// All NodeModulesConfigs.
     pub nmcs: Store<NodeModulesConfig>,
-    /// All Modules.
-    pub modules: Store<Module>,
     /// Worker pods (label `app.kubernetes.io/name=kmm-worker`).
     pub worker_pods: Store<Pod>,
     /// Device plugin pods (label `app.kubernetes.io/name=kmm-device-plugin`).

@@ -221,6 +221,7 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(kube_err(format!("removing the finalizer of Module {key}"))(e)),
             }
+            ctx.metrics.remove_module(&key);
             tracing::info!(module = %key, "unloaded from every node; finalizer removed");
         }
         return Ok(Action::await_change());
