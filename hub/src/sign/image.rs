@@ -253,6 +253,23 @@ impl Registry {
     }
 }
 
+/// Reads a file entry of a layer, refusing (from its header, before reading) one larger than a
+/// module to sign can be.
+fn read_limited<R: Read>(entry: &mut tar::Entry<'_, R>, path: &str) -> Result<Vec<u8>, String> {
+    if entry.size() > MAX_FILE {
+        return Err(format!(
+            "{path} is {} bytes; files to sign are limited to {MAX_FILE} bytes",
+            entry.size()
+        ));
+    }
+    let mut data = Vec::new();
+    entry
+        .take(MAX_FILE)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("reading {path}: {e}"))?;
+    Ok(data)
+}
+
 /// An error and its causes on one line (reqwest hides the useful part in `source()`).
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -349,17 +366,7 @@ fn scan_layer(blob: &std::path::Path, wanted: &BTreeSet<String>) -> Result<BTree
             }
             let header = Box::new(entry.header().clone());
             if kind.is_file() {
-                if entry.size() > MAX_FILE {
-                    return Err(format!(
-                        "{path} is {} bytes; files to sign are limited to {MAX_FILE} bytes",
-                        entry.size()
-                    ));
-                }
-                let mut data = Vec::new();
-                (&mut entry)
-                    .take(MAX_FILE)
-                    .read_to_end(&mut data)
-                    .map_err(|e| format!("reading {path}: {e}"))?;
+                let data = read_limited(&mut entry, &path)?;
                 found.insert(path, Found::File { header, data });
             } else if kind.is_hard_link() {
                 let target = entry.link_name_bytes().map(|l| normalize_entry(&l)).unwrap_or_default();
@@ -389,17 +396,7 @@ fn scan_layer(blob: &std::path::Path, wanted: &BTreeSet<String>) -> Result<BTree
             let mut entry = entry.map_err(|e| format!("corrupt tar archive: {e}"))?;
             let path = normalize_entry(&entry.path_bytes());
             if targets.contains(&path) && entry.header().entry_type().is_file() {
-                if entry.size() > MAX_FILE {
-                    return Err(format!(
-                        "{path} is {} bytes; files to sign are limited to {MAX_FILE} bytes",
-                        entry.size()
-                    ));
-                }
-                let mut data = Vec::new();
-                (&mut entry)
-                    .take(MAX_FILE)
-                    .read_to_end(&mut data)
-                    .map_err(|e| format!("reading {path}: {e}"))?;
+                let data = read_limited(&mut entry, &path)?;
                 contents.insert(path, data);
             }
         }
