@@ -1,7 +1,6 @@
 //! The spoke crate: `kmm-spoke` (the controller) and `kmm-worker` (the program in worker pods).
 
 pub mod controller;
-pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod worker;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use kmm_spoke::leader::LeaseConfig;
+use kmm_runtime::leader::LeaseConfig;
+use kmm_runtime::process::{init_logs, parse_bool_env};
 use kmm_spoke::plan::worker_pod::WorkerSettings;
-use tokio_util::sync::CancellationToken;
 
 mod run;
 
@@ -81,25 +81,6 @@ struct RunArgs {
     log_json: bool,
 }
 
-fn parse_bool_env(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" => Ok(true),
-        "0" | "false" | "no" | "" => Ok(false),
-        other => Err(format!("expected 1/0 or true/false, got {other:?}")),
-    }
-}
-
-fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -140,26 +121,5 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
             renew_every: Duration::from_secs(5),
         }),
     };
-    let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        token.cancel();
-    });
-    run::run(client, opts, shutdown).await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    run::run(client, opts, kmm_runtime::process::shutdown_on_signals()).await
 }

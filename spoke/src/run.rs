@@ -6,16 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kmm_runtime::leader::{self, LeaseConfig};
 use kmm_spoke::controller::{Context, Error, claim, module, node};
-use kmm_spoke::leader::{self, LeaseConfig};
 use kmm_spoke::metrics::Metrics;
 use kmm_spoke::plan::device_plugin;
 use kmm_spoke::plan::module_plan::SpokeContext;
@@ -63,11 +59,15 @@ where
 pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    serve_probes(
+    let encode = {
+        let metrics = metrics.clone();
+        Arc::new(move || metrics.encode())
+    };
+    kmm_runtime::serve::probes_and_metrics(
         opts.health_addr,
         opts.metrics_addr,
         ready.clone(),
-        metrics.clone(),
+        encode,
         shutdown.clone(),
     )
     .await?;
@@ -327,49 +327,4 @@ async fn publish_claims(
             Err(e) => tracing::warn!(error = %e, "publishing the kernel-versions ClusterClaim; retrying"),
         }
     }
-}
-
-async fn serve_probes(
-    health: SocketAddr,
-    metrics_addr: SocketAddr,
-    ready: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let probes = Router::new().route("/healthz", get(|| async { "ok" })).route(
-        "/readyz",
-        get(move || {
-            let ready = ready.clone();
-            async move {
-                if ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
-                }
-            }
-        }),
-    );
-    let metrics_router = Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move { metrics.encode() }
-        }),
-    );
-    for (addr, router, what) in [
-        (health, probes, "health probes"),
-        (metrics_addr, metrics_router, "metrics"),
-    ] {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the {what} address {addr}"))?;
-        tracing::info!(%addr, "serving {what}");
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-        });
-    }
-    Ok(())
 }

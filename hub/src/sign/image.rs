@@ -11,14 +11,13 @@ use std::io::{Read, Write as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
+use kmm_runtime::registry::{self, error_chain, oci_auth};
 use oci_client::{Client, Reference, RegistryOperation};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::SignError;
-use super::auth::{DockerConfigAuth, RegistryCredentials};
+use super::auth::DockerConfigAuth;
 use super::keys::Signer;
 use super::module::{HashAlgo, sign_module};
 
@@ -32,14 +31,7 @@ const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.
 const MT_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
-/// `registryTLS` of a Module.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RegistryTls {
-    /// Accept any certificate, and use plain HTTP with a registry that does not speak HTTPS.
-    pub insecure: bool,
-    /// Use HTTPS but accept any certificate.
-    pub insecure_skip_tls_verify: bool,
-}
+pub use kmm_runtime::registry::RegistryTls;
 
 /// Everything [`sign_image`] needs, as plain values: the hub controller fills it from the
 /// Module (references and `filesToSign` already substituted) and its Secrets.
@@ -143,15 +135,6 @@ fn parse_ref(s: &str) -> Result<Reference, ImageSignError> {
     })
 }
 
-fn oci_auth(c: RegistryCredentials) -> RegistryAuth {
-    match c {
-        RegistryCredentials::Anonymous => RegistryAuth::Anonymous,
-        RegistryCredentials::Basic { username, password } => {
-            RegistryAuth::Basic(username, password.as_str().to_string())
-        }
-    }
-}
-
 /// The client for one signing run.
 struct Registry {
     client: Client,
@@ -159,55 +142,9 @@ struct Registry {
 }
 
 impl Registry {
-    fn config(protocol: ClientProtocol, accept_invalid: bool, timeout: Duration) -> ClientConfig {
-        ClientConfig {
-            protocol,
-            accept_invalid_certificates: accept_invalid,
-            connect_timeout: Some(timeout),
-            read_timeout: Some(timeout),
-            // Linux amd64 nodes: pick that entry from a multi-platform index.
-            platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
-            ..Default::default()
-        }
-    }
-
-    /// A client for `hosts` with `registryTLS` applied, as upstream KMM (go-containerregistry)
-    /// does: `insecureSkipTLSVerify` accepts any certificate; `insecure` also accepts any
-    /// certificate and falls back to plain HTTP for a registry that does not speak HTTPS.
     async fn connect(tls: RegistryTls, timeout: Duration, hosts: &[&str]) -> Self {
-        // reqwest is built without a compiled-in rustls provider; use ring (as kube does).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let accept_invalid = tls.insecure || tls.insecure_skip_tls_verify;
-        let protocol = if tls.insecure {
-            let mut plain: Vec<String> = Vec::new();
-            for host in hosts {
-                if plain.iter().any(|h| h == host) {
-                    continue;
-                }
-                // GET https://host/v2/ with a throwaway client: any HTTP answer means HTTPS.
-                let probe = Client::new(Self::config(ClientProtocol::Https, true, timeout));
-                let r = Reference::with_tag(host.to_string(), "kmm/probe".into(), "probe".into());
-                let answer = tokio::time::timeout(
-                    timeout,
-                    probe.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Pull),
-                )
-                .await;
-                let https = match answer {
-                    Ok(Ok(_)) => true,
-                    Ok(Err(oci_client::errors::OciDistributionError::RequestError(_))) => false,
-                    Ok(Err(_)) => true,
-                    Err(_) => false,
-                };
-                if !https {
-                    plain.push(host.to_string());
-                }
-            }
-            ClientProtocol::HttpsExcept(plain)
-        } else {
-            ClientProtocol::Https
-        };
         Registry {
-            client: Client::new(Self::config(protocol, accept_invalid, timeout)),
+            client: registry::connect(tls, timeout, hosts).await,
             timeout,
         }
     }
@@ -268,21 +205,6 @@ fn read_limited<R: Read>(entry: &mut tar::Entry<'_, R>, path: &str) -> Result<Ve
         .read_to_end(&mut data)
         .map_err(|e| format!("reading {path}: {e}"))?;
     Ok(data)
-}
-
-/// An error and its causes on one line (reqwest hides the useful part in `source()`).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// `/opt/lib/modules/x/a.ko` → `opt/lib/modules/x/a.ko`; rejects relative paths and `..`.

@@ -171,28 +171,13 @@ impl tokio::io::AsyncWrite for CappedFile {
     }
 }
 
-/// An error and its causes on one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 fn registry_error(
     e: oci_client::errors::OciDistributionError,
     reference: &Reference,
     operation: &'static str,
     timeout: Duration,
 ) -> PullError {
-    let mut reason = error_chain(&e);
+    let mut reason = kmm_runtime::registry::error_chain(&e);
     let registry = reference.resolve_registry().to_string();
     if reason.contains("timed out") {
         return PullError::Timeout {
@@ -256,8 +241,7 @@ pub async fn pull(req: &PullRequest<'_>) -> Result<Pulled, PullError> {
             reason: e.to_string(),
         })?;
     let image = reference.whole();
-    // reqwest is built without a compiled-in rustls provider; use ring (as kube does).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    kmm_runtime::registry::install_crypto();
     let client = Client::new(ClientConfig {
         protocol: if req.insecure {
             ClientProtocol::Http
