@@ -74,10 +74,10 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
     }
     if let Some(d) = r.digest {
         let Some((alg, hex)) = d.split_once(':') else {
-            return Err(format!("digest {d:?} is not <algorithm>:<hex>"));
+            return Err(format!("has a digest {d:?} that is not <algorithm>:<hex>"));
         };
         if alg.is_empty() || hex.len() < 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("digest {d:?} is not <algorithm>:<hex>"));
+            return Err(format!("has a digest {d:?} that is not <algorithm>:<hex>"));
         }
     }
     Ok(())

@@ -50,6 +50,11 @@ pub struct ManagedClusterModuleStatus {
     /// Clusters with a problem (no kernel claim, missing image, failed apply).
     #[serde(default)]
     pub number_degraded: i32,
+    /// The kmod image of every kernel the selected clusters run, shared by all clusters on that
+    /// kernel: what the hub found, built, signed and pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kernelVersion"]))]
+    pub images: Vec<KernelImageStatus>,
     /// Per-cluster detail.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -71,12 +76,12 @@ pub struct ClusterModuleStatus {
     /// Kernel versions the cluster reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernels: Vec<String>,
-    /// Image per kernel.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub images: Vec<KernelImageStatus>,
     /// Whether the work agent applied the ManifestWork.
     #[serde(default)]
     pub applied: bool,
+    /// Kernels the ManifestWork carries a pinned image for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rendered_kernels: Vec<String>,
     /// Why the cluster has no work yet or is degraded; empty when all is well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -99,7 +104,8 @@ pub struct KernelImageStatus {
     /// The pinned reference sent to the spoke (`repo@sha256:...`), once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned: Option<String>,
-    /// `Ready`, `Missing`, `Building`, `Signing` or `Failed`.
+    /// `Pending`, `Ready`, `Stale` (re-resolution failed; the last digest is still rendered),
+    /// `Missing`, `Building`, `Signing` or `Failed`.
     pub state: String,
     /// Detail for states other than `Ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
