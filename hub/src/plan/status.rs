@@ -144,9 +144,8 @@ pub fn cluster_work<'a>(
             Some(KernelResolution::Error(e)) => w.problems.push(format!("kernel {k}: {e}")),
             Some(KernelResolution::Mapped(ki)) => {
                 let view = images.get(&ki.image);
-                match view.and_then(|v| v.pinned.as_deref()) {
-                    Some(pinned) => w.pinned.push(PinnedKernel { kernel: ki, pinned }),
-                    None => {}
+                if let Some(pinned) = view.and_then(|v| v.pinned.as_deref()) {
+                    w.pinned.push(PinnedKernel { kernel: ki, pinned });
                 }
                 let (state, message) = view.map_or((ImageState::Pending, None), |v| (v.state, v.message.as_deref()));
                 if state != ImageState::Ready {
