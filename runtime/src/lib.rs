@@ -1,7 +1,12 @@
-//! What `kmm-hub` and `kmm-spoke` share at run time: leader election, the health and metrics
-//! endpoints, logging, shutdown on signals, and registry clients.
+//! What `kmm-hub` and `kmm-spoke` share at run time: the configuration file, leader election,
+//! the health, metrics and admission webhook servers, logging, shutdown on signals, and registry
+//! clients.
 
+pub mod admission;
+pub mod config;
 pub mod leader;
 pub mod process;
 pub mod registry;
 pub mod serve;
+pub mod tls;
+pub mod webhook;

@@ -1,10 +1,12 @@
 //! `kmm-spoke`: loads the kernel modules a cluster is given, on the right nodes.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use kmm_runtime::config::Config;
 use kmm_runtime::leader::LeaseConfig;
 use kmm_runtime::process::{init_logs, parse_bool_env};
 use kmm_spoke::plan::worker_pod::WorkerSettings;
@@ -35,8 +37,36 @@ enum Command {
     Crds,
 }
 
+/// When to serve the admission webhooks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum WebhookMode {
+    /// Serve them when `<webhook.certDir>/tls.crt` and `tls.key` exist (the manifests mount them).
+    Auto,
+    /// Always serve them; a missing or unusable certificate is a start-up error.
+    On,
+    /// Never serve them.
+    Off,
+}
+
+/// Run the controllers.
+///
+/// Settings come from the configuration file (--config or KMM_CONFIG; upstream KMM's format,
+/// see the README); keys missing from it, or all of them without a file, take the upstream
+/// defaults. An invalid file stops the start with the key and the reason.
+///
+/// The flags marked "without --config" are the older way to set a few of those settings: they
+/// apply only when no configuration file is given, and are refused together with one, so that the
+/// file stays the single source of truth.
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// Configuration file (YAML: healthProbeBindAddress, leaderElection, webhook, metrics,
+    /// worker, job).
+    #[arg(long, env = "KMM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Serve the admission webhooks (Module, PreflightValidation, Namespace deletion) on
+    /// webhook.port with the certificate in webhook.certDir.
+    #[arg(long, env = "KMM_WEBHOOK", value_enum, default_value_t = WebhookMode::Auto)]
+    webhook: WebhookMode,
     /// Namespace the spoke runs in: Modules there use the spoke's own worker ServiceAccount.
     #[arg(long, env = "OPERATOR_NAMESPACE", default_value = "kmm-system")]
     namespace: String,
@@ -52,33 +82,72 @@ struct RunArgs {
     /// ServiceAccount of device plugin pods for Modules in the spoke's namespace.
     #[arg(long, default_value = "kmm-device-plugin")]
     device_plugin_service_account: String,
-    /// UID the worker runs as.
-    #[arg(long, default_value_t = 0)]
-    worker_run_as_user: i64,
-    /// SELinux type of the worker.
-    #[arg(long, default_value = "spc_t")]
-    worker_selinux_type: String,
-    /// Node directory the worker copies firmware into.
-    #[arg(long, default_value = "/var/lib/firmware")]
-    firmware_host_path: String,
-    /// Set the kernel's firmware search path to this directory before loading.
-    #[arg(long)]
+    /// Without --config: UID the worker runs as (worker.runAsUser).
+    #[arg(long, conflicts_with = "config")]
+    worker_run_as_user: Option<i64>,
+    /// Without --config: SELinux type of the worker (worker.seLinuxType).
+    #[arg(long, conflicts_with = "config")]
+    worker_selinux_type: Option<String>,
+    /// Without --config: node directory the worker copies firmware into (worker.firmwareHostPath).
+    #[arg(long, conflicts_with = "config")]
+    firmware_host_path: Option<String>,
+    /// Without --config: set the kernel's firmware search path to this directory before loading
+    /// (worker.setFirmwareClassPath).
+    #[arg(long, conflicts_with = "config")]
     set_firmware_class_path: Option<String>,
-    /// Address of /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:8081")]
-    health_probe_bind_address: SocketAddr,
-    /// Address of /metrics.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    metrics_bind_address: SocketAddr,
-    /// Take part in leader election (one active replica).
-    #[arg(long, default_value = "true", action = clap::ArgAction::Set)]
-    leader_elect: bool,
-    /// Name of the leader election Lease.
-    #[arg(long, default_value = "kmm.sigs.x-k8s.io")]
-    leader_election_id: String,
+    /// Without --config: address of /healthz and /readyz (healthProbeBindAddress).
+    #[arg(long, conflicts_with = "config")]
+    health_probe_bind_address: Option<SocketAddr>,
+    /// Without --config: serve /metrics over plain HTTP, without authentication, on this address
+    /// (instead of metrics.*).
+    #[arg(long, conflicts_with = "config")]
+    metrics_bind_address: Option<SocketAddr>,
+    /// Without --config: take part in leader election (leaderElection.enabled).
+    #[arg(long, action = clap::ArgAction::Set, conflicts_with = "config")]
+    leader_elect: Option<bool>,
+    /// Without --config: name of the leader election Lease (leaderElection.resourceID).
+    #[arg(long, conflicts_with = "config")]
+    leader_election_id: Option<String>,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
+}
+
+impl RunArgs {
+    /// The configuration file (or the defaults), with the older flags applied.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.worker_run_as_user {
+            c.worker.run_as_user = v;
+        }
+        if let Some(v) = &self.worker_selinux_type {
+            c.worker.se_linux_type = v.clone();
+        }
+        if let Some(v) = &self.firmware_host_path {
+            c.worker.firmware_host_path = v.clone();
+        }
+        if let Some(v) = &self.set_firmware_class_path {
+            c.worker.set_firmware_class_path = Some(v.clone());
+        }
+        if let Some(v) = self.health_probe_bind_address {
+            c.health_probe_bind_address = v;
+        }
+        if let Some(v) = self.metrics_bind_address {
+            c.metrics.bind_address = Some(v);
+            c.metrics.secure_serving = false;
+            c.metrics.enable_authn_authz = false;
+        }
+        if let Some(v) = self.leader_elect {
+            c.leader_election.enabled = v;
+        }
+        if let Some(v) = &self.leader_election_id {
+            c.leader_election.resource_id = v.clone();
+        }
+        Ok(c)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,29 +166,42 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
+    // The configuration is checked before anything else, so a bad file fails fast and alone.
+    let config = args.config()?;
+    let webhook = match args.webhook {
+        WebhookMode::Auto => kmm_runtime::webhook::certs_present(&config.webhook),
+        WebhookMode::On => true,
+        WebhookMode::Off => false,
+    };
+    if !webhook {
+        tracing::info!(
+            cert_dir = %config.webhook.cert_dir.display(),
+            "not serving admission webhooks (--webhook=on to require them)"
+        );
+    }
     let client = kube::Client::try_default().await.context("connecting to the cluster")?;
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kmm-spoke-{}", std::process::id()));
     let opts = run::Options {
         namespace: args.namespace.clone(),
         worker: WorkerSettings {
             image: args.worker_image,
-            run_as_user: args.worker_run_as_user,
-            selinux_type: args.worker_selinux_type,
-            firmware_host_path: args.firmware_host_path,
-            set_firmware_class_path: args.set_firmware_class_path,
+            run_as_user: config.worker.run_as_user,
+            selinux_type: config.worker.se_linux_type.clone(),
+            firmware_host_path: config.worker.firmware_host_path.clone(),
+            set_firmware_class_path: config.worker.set_firmware_class_path.clone(),
         },
         worker_service_account: args.worker_service_account,
         device_plugin_service_account: args.device_plugin_service_account,
         managed: args.managed,
-        health_addr: args.health_probe_bind_address,
-        metrics_addr: args.metrics_bind_address,
-        lease: args.leader_elect.then(|| LeaseConfig {
+        lease: config.leader_election.enabled.then(|| LeaseConfig {
             namespace: args.namespace,
-            name: args.leader_election_id,
+            name: config.leader_election.resource_id.clone(),
             identity,
             duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
         }),
+        webhook,
+        config,
     };
     run::run(client, opts, kmm_runtime::process::shutdown_on_signals()).await
 }

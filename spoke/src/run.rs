@@ -1,7 +1,6 @@
 //! `kmm-spoke run`: wires the shared caches, the controllers, leader election, the health and
-//! metrics endpoints and graceful shutdown.
+//! metrics endpoints, the admission webhooks and graceful shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -10,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kmm_runtime::config::Config;
 use kmm_runtime::leader::{self, LeaseConfig};
 use kmm_spoke::controller::{Context, Error, claim, module, node};
 use kmm_spoke::metrics::Metrics;
@@ -39,12 +39,12 @@ pub struct Options {
     pub device_plugin_service_account: String,
     /// Publish the kernel-versions ClusterClaim.
     pub managed: bool,
-    /// Health probes address.
-    pub health_addr: SocketAddr,
-    /// Metrics address.
-    pub metrics_addr: SocketAddr,
     /// Leader election lease, if enabled.
     pub lease: Option<LeaseConfig>,
+    /// Serve the admission webhooks (as `config.webhook` says).
+    pub webhook: bool,
+    /// Probes, metrics and webhook settings.
+    pub config: Config,
 }
 
 fn error_policy<K>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action
@@ -63,14 +63,17 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         let metrics = metrics.clone();
         Arc::new(move || metrics.encode())
     };
-    kmm_runtime::serve::probes_and_metrics(
-        opts.health_addr,
-        opts.metrics_addr,
-        ready.clone(),
-        encode,
-        shutdown.clone(),
-    )
-    .await?;
+    kmm_runtime::serve::probes_and_metrics(&opts.config, client.clone(), ready.clone(), encode, shutdown.clone())
+        .await?;
+    // Every replica answers webhooks, leader or not.
+    if opts.webhook {
+        kmm_runtime::webhook::serve(
+            &opts.config.webhook,
+            kmm_runtime::admission::spoke_routes(client.clone()),
+            shutdown.clone(),
+        )
+        .await?;
+    }
 
     if let Some(lease) = &opts.lease {
         let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
