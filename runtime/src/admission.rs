@@ -88,8 +88,12 @@ fn typed<K: DeserializeOwned>(obj: &DynamicObject, kind: &str) -> Result<K, Stri
         .map_err(|e| format!("cannot read the {kind}: {e}"))
 }
 
+/// A refusal as controller-runtime words it (403 Forbidden), so kubectl prints
+/// `Error from server (Forbidden): ... denied the request: <reason>`.
 fn denied(req: &Request, reason: impl ToString) -> AdmissionResponse {
-    AdmissionResponse::from(req).deny(reason)
+    let mut resp = AdmissionResponse::from(req).deny("");
+    resp.result = kube::core::Status::failure(&reason.to_string(), "Forbidden").with_code(403);
+    resp
 }
 
 fn with_warnings(mut resp: AdmissionResponse, errs: Result<(), ValidationErrors>) -> AdmissionResponse {
@@ -446,6 +450,7 @@ mod tests {
         assert!(review_namespace(&req, &[]).allowed);
         let resp = review_namespace(&req, &["a".into(), "b".into()]);
         assert!(!resp.allowed);
+        assert_eq!((resp.result.code, resp.result.reason.as_str()), (403, "Forbidden"));
         assert_eq!(
             resp.result.message,
             "namespace gpu still holds Modules (a, b); delete them first, so that their kernel modules are unloaded from the nodes"
