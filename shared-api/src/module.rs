@@ -109,7 +109,7 @@ pub struct ModuleLoaderContainerSpec {
     #[serde(default)]
     pub kernel_mappings: Vec<KernelMapping>,
     /// TLS options used to check whether the kmod image exists.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "registryTLS")]
     pub registry_tls: Option<TlsOptions>,
 }
 
@@ -223,7 +223,7 @@ pub struct KernelMapping {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_tree_modules_to_remove: Option<Vec<String>>,
     /// TLS options used to check whether the kmod image exists.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "registryTLS")]
     pub registry_tls: Option<TlsOptions>,
 }
 
@@ -250,7 +250,7 @@ pub struct Build {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<LocalObjectReference>,
     /// TLS options for pulling the base images named in the Dockerfile.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "baseImageRegistryTLS")]
     pub base_image_registry_tls: Option<TlsOptions>,
     /// ConfigMap holding the Dockerfile under the key `dockerfile` or `Dockerfile`.
     pub dockerfile_config_map: Option<LocalObjectReference>,
@@ -288,7 +288,7 @@ pub struct Sign {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned_image: Option<String>,
     /// TLS options for pulling the unsigned image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "unsignedImageRegistryTLS")]
     pub unsigned_image_registry_tls: Option<TlsOptions>,
     /// Secret holding the private key under the key `key`.
     pub key_secret: Option<LocalObjectReference>,

@@ -391,3 +391,36 @@ fn version_cannot_be_added_or_removed_on_update() {
     set(&mut bumped, "/spec/moduleLoader/container/version", Some(json!("3")));
     assert!(cel_errors(&bumped, Some(&versioned)).is_empty());
 }
+
+/// Upstream spells the TLS fields with a capital `TLS`; YAML written for KMM must keep them.
+#[test]
+fn tls_fields_keep_upstream_names() {
+    let doc = serde_json::json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "Module",
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {
+            "selector": {"a": "b"},
+            "moduleLoader": {"container": {
+                "modprobe": {"moduleName": "m"},
+                "registryTLS": {"insecureSkipTLSVerify": true},
+                "kernelMappings": [{
+                    "regexp": ".*",
+                    "containerImage": "r.io/m:v1",
+                    "registryTLS": {"insecure": true},
+                    "build": {"dockerfileConfigMap": {"name": "d"}, "baseImageRegistryTLS": {"insecure": true}},
+                    "sign": {"keySecret": {"name": "k"}, "certSecret": {"name": "c"},
+                             "unsignedImageRegistryTLS": {"insecure": true}, "filesToSign": ["/opt/a.ko"]},
+                }],
+            }},
+        },
+    });
+    let m: Module = serde_json::from_value(doc.clone()).unwrap();
+    let c = &m.spec.module_loader.as_ref().unwrap().container;
+    assert!(c.registry_tls.unwrap().insecure_skip_tls_verify);
+    let k = &c.kernel_mappings[0];
+    assert!(k.registry_tls.unwrap().insecure);
+    assert!(k.build.as_ref().unwrap().base_image_registry_tls.unwrap().insecure);
+    assert!(k.sign.as_ref().unwrap().unsigned_image_registry_tls.unwrap().insecure);
+    assert_nothing_lost(&doc, &serde_json::to_value(&m).unwrap(), "tls");
+}
