@@ -587,7 +587,7 @@ async fn rhacm_policy_carries_the_managed_spoke(env: Arc<Env>) -> Result<()> {
     let carried: Vec<&Value> = objects.iter().map(|o| &o["objectDefinition"]).collect();
     ensure!(
         carried.len() == wanted.len() && carried.iter().zip(&wanted).all(|(a, b)| *a == b),
-        "manifests/rhacm/policy.yaml is stale: run manifests/rhacm/generate.sh"
+        "manifests/rhacm/policy.yaml differs from `kubectl kustomize manifests/spoke/managed` (a CRD or spoke manifest changed): run manifests/rhacm/generate.sh"
     );
     for o in objects {
         let kind = o["objectDefinition"]["kind"].as_str().unwrap_or_default();
