@@ -176,3 +176,29 @@ mod tests {
         assert_eq!(RegistryTls::from(None), RegistryTls::default());
     }
 }
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    /// `insecure` falls back to plain HTTP for a registry that answers TLS with plain HTTP.
+    #[tokio::test]
+    async fn plain_http_server_is_not_https() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        install_crypto();
+        let host = format!("127.0.0.1:{port}");
+        assert!(!speaks_https(&host, Duration::from_secs(3)).await);
+    }
+}

@@ -288,7 +288,11 @@ pub struct Sign {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned_image: Option<String>,
     /// TLS options for pulling the unsigned image.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "unsignedImageRegistryTLS")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "unsignedImageRegistryTLS"
+    )]
     pub unsigned_image_registry_tls: Option<TlsOptions>,
     /// Secret holding the private key under the key `key`.
     pub key_secret: Option<LocalObjectReference>,

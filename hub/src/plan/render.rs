@@ -21,14 +21,21 @@ use super::images::KernelImage;
 /// written again.
 pub const SPEC_HASH_ANNOTATION: &str = "hub.kmm.sigs.x-k8s.io/spec-hash";
 
-/// Status feedback names, with the path under the spoke Module's `.status`.
+/// Status feedback names, with their paths in the spoke Module (the work agent evaluates them on
+/// the whole object, so they start with `.status`).
 pub const FEEDBACK: [(&str, &str); 6] = [
-    ("loaderNodesMatching", ".moduleLoader.nodesMatchingSelectorNumber"),
-    ("loaderDesired", ".moduleLoader.desiredNumber"),
-    ("loaderAvailable", ".moduleLoader.availableNumber"),
-    ("pluginNodesMatching", ".devicePlugin.nodesMatchingSelectorNumber"),
-    ("pluginDesired", ".devicePlugin.desiredNumber"),
-    ("pluginAvailable", ".devicePlugin.availableNumber"),
+    (
+        "loaderNodesMatching",
+        ".status.moduleLoader.nodesMatchingSelectorNumber",
+    ),
+    ("loaderDesired", ".status.moduleLoader.desiredNumber"),
+    ("loaderAvailable", ".status.moduleLoader.availableNumber"),
+    (
+        "pluginNodesMatching",
+        ".status.devicePlugin.nodesMatchingSelectorNumber",
+    ),
+    ("pluginDesired", ".status.devicePlugin.desiredNumber"),
+    ("pluginAvailable", ".status.devicePlugin.availableNumber"),
 ];
 
 /// A kernel with its image pinned to a digest.

@@ -1,0 +1,217 @@
+//! `kmm-hub run`: wires the caches, the MCM controller, the image pipeline, leader election, the
+//! health and metrics endpoints and graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kmm_hub::controller::{self, Context};
+use kmm_hub::metrics::Metrics;
+use kmm_hub::pipeline::{Pipeline, Settings};
+use kmm_hub::plan::build_pod;
+use kmm_runtime::config::Config;
+use kmm_runtime::leader::{self, LeaseConfig};
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use shared_api::labels::MCM_NAME_LABEL;
+use shared_api::mcm::ManagedClusterModule;
+use shared_api::ocm::{ManagedCluster, ManifestWork};
+use tokio_util::sync::CancellationToken;
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The configuration file's settings (probes, metrics, webhook).
+    pub config: Config,
+    /// Serve the admission webhooks.
+    pub webhook: bool,
+    /// Pipeline settings.
+    pub pipeline: Settings,
+    /// Leader election lease, if enabled.
+    pub lease: Option<LeaseConfig>,
+}
+
+/// Runs until `shutdown` is cancelled or leadership is lost.
+pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let encode = {
+        let metrics = metrics.clone();
+        Arc::new(move || metrics.encode())
+    };
+    kmm_runtime::serve::probes_and_metrics(&opts.config, client.clone(), ready.clone(), encode, shutdown.clone())
+        .await?;
+    // Every replica answers webhooks, leader or not.
+    if opts.webhook {
+        kmm_runtime::webhook::serve(
+            &opts.config.webhook,
+            kmm_runtime::admission::hub_routes(),
+            shutdown.clone(),
+        )
+        .await?;
+    }
+
+    if let Some(lease) = &opts.lease {
+        let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
+        tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting for the leader lease");
+        tokio::select! {
+            r = leader::acquire(&api, lease) => r?,
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        tracing::info!(lease = %lease.name, "acquired the leader lease");
+        let (api, lease, token) = (api.clone(), lease.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let err = leader::hold(&api, &lease).await;
+            tracing::error!(error = %err, "stopping");
+            token.cancel();
+        });
+    }
+
+    // One watch per kind; reconciles are triggered from the reflectors' events through unbounded
+    // channels, so a busy controller never holds a watch back.
+    let (clusters, clusters_w) = reflector::store::<ManagedCluster>();
+    let (works, works_w) = reflector::store::<ManifestWork>();
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let mcm_controller = Controller::new(
+        Api::<ManagedClusterModule>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(300)));
+    let mcms = mcm_controller.store();
+    let (to_mcms, mcm_triggers) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<ManagedClusterModule>>();
+
+    let drivers = {
+        let (client, mcms) = (client.clone(), mcms.clone());
+        let (clusters_to_mcms, works_to_mcms) = (to_mcms.clone(), to_mcms.clone());
+        let namespace = opts.pipeline.namespace.clone();
+        async move {
+            let cluster_events = reflector::reflector(
+                clusters_w,
+                watcher(Api::<ManagedCluster>::all(client.clone()), watcher::Config::default()),
+            )
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |c| {
+                if c.is_ok() {
+                    // A cluster's labels or kernels can change what every MCM selects and needs.
+                    for m in mcms.state() {
+                        let _ = clusters_to_mcms.send(ObjectRef::from_obj(m.as_ref()));
+                    }
+                }
+                async {}
+            });
+            let work_events = reflector::reflector(
+                works_w,
+                watcher(
+                    Api::<ManifestWork>::all(client.clone()),
+                    watcher::Config::default().labels(MCM_NAME_LABEL),
+                ),
+            )
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |w| {
+                if let Some(owner) = w.ok().as_ref().and_then(controller::owner_of) {
+                    let _ = works_to_mcms.send(owner);
+                }
+                async {}
+            });
+            // The pipeline polls this cache while it waits for build pods.
+            let pod_events = reflector::reflector(
+                pods_w,
+                watcher(
+                    Api::<Pod>::namespaced(client.clone(), &namespace),
+                    watcher::Config::default().labels(&format!("app.kubernetes.io/name={}", build_pod::APP)),
+                ),
+            )
+            .default_backoff()
+            .for_each(|_| async {});
+            futures::future::join3(cluster_events, work_events, pod_events).await
+        }
+    };
+
+    let reporter = Reporter {
+        controller: "kmm-hub".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let requeue = opts.pipeline.resolve_interval.unwrap_or(Duration::from_secs(600));
+    let pipeline = Pipeline::new(
+        opts.pipeline.clone(),
+        client.clone(),
+        pods.clone(),
+        mcms.clone(),
+        recorder.clone(),
+        metrics.clone(),
+        to_mcms.clone(),
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        clusters: clusters.clone(),
+        works: works.clone(),
+        pipeline: pipeline.clone(),
+        metrics: metrics.clone(),
+        recorder,
+        requeue,
+        seen: Default::default(),
+    });
+    let mcm_controller = mcm_controller
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(mcm_triggers))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(controller::reconcile, controller::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    drop(to_mcms);
+
+    let readiness = {
+        let (clusters, works, pods, ready) = (clusters.clone(), works.clone(), pods.clone(), ready.clone());
+        async move {
+            let _ = futures::future::join3(
+                clusters.wait_until_ready(),
+                works.wait_until_ready(),
+                pods.wait_until_ready(),
+            )
+            .await;
+            ready.store(true, Ordering::SeqCst);
+            tracing::info!("caches synced; ready");
+        }
+    };
+    let gauges = {
+        let (mcms, metrics, token, pipeline) = (mcms.clone(), metrics.clone(), shutdown.clone(), pipeline.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            while !token.is_cancelled() {
+                tokio::select! { _ = tick.tick() => {}, _ = token.cancelled() => break }
+                let all = mcms.state();
+                metrics.mcms.set(all.len() as i64);
+                let targeted: i32 = all
+                    .iter()
+                    .filter_map(|m| m.status.as_ref())
+                    .map(|s| s.number_desired)
+                    .sum();
+                metrics.clusters_targeted.set(targeted.into());
+                for (state, n) in pipeline.count_states() {
+                    metrics.set_images(state.as_str(), n);
+                }
+            }
+        }
+    };
+
+    let drivers = tokio::spawn(drivers);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(mcm_controller);
+    tasks.spawn(readiness);
+    tasks.spawn(gauges);
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        r = drivers => tracing::warn!(result = ?r.err(), "watch streams ended"),
+    }
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
