@@ -17,6 +17,11 @@ use serde_json::{Value, json};
 pub const NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
 /// Put `"true"` here on a run-to-completion pod to make it fail.
 pub const FAIL_ANNOTATION: &str = "e2e.kmm.sigs.x-k8s.io/fail";
+/// Hub build pods (this label) run until the stand-in executor puts `"true"` in
+/// [`BUILD_DONE_ANNOTATION`]; then they complete (or fail, with [`FAIL_ANNOTATION`]).
+pub const BUILD_POD_LABEL: &str = "app.kubernetes.io/name=kmm-build";
+/// See [`BUILD_POD_LABEL`].
+pub const BUILD_DONE_ANNOTATION: &str = "e2e.kmm.sigs.x-k8s.io/build-done";
 /// How long a run-to-completion pod stays `Running`.
 pub const COMPLETE_AFTER_MS: u64 = 500;
 
@@ -311,6 +316,9 @@ spec:
     - key: '.metadata.annotations["{FAIL_ANNOTATION}"]'
       operator: 'NotIn'
       values: ['true']
+    - key: '.metadata.labels["app.kubernetes.io/name"]'
+      operator: 'NotIn'
+      values: ['kmm-build']
   delay:
     durationMilliseconds: {COMPLETE_AFTER_MS}
   next:
@@ -360,6 +368,124 @@ spec:
       operator: 'In'
       values: ['Never', 'OnFailure']
     - key: '.metadata.annotations["{FAIL_ANNOTATION}"]'
+      operator: 'In'
+      values: ['true']
+    - key: '.metadata.labels["app.kubernetes.io/name"]'
+      operator: 'NotIn'
+      values: ['kmm-build']
+  delay:
+    durationMilliseconds: {COMPLETE_AFTER_MS}
+  next:
+    statusTemplate: |
+      {{{{ $now := Now }}}}
+      conditions:
+      - lastTransitionTime: {{{{ $now | Quote }}}}
+        status: "False"
+        type: Ready
+        reason: PodFailed
+      - lastTransitionTime: {{{{ $now | Quote }}}}
+        status: "False"
+        type: ContainersReady
+        reason: PodFailed
+      containerStatuses:
+      {{{{ range .spec.containers }}}}
+      - image: {{{{ .image | Quote }}}}
+        name: {{{{ .name | Quote }}}}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 1
+            finishedAt: {{{{ $now | Quote }}}}
+            reason: Error
+            message: failed on purpose ({FAIL_ANNOTATION})
+            startedAt: {{{{ $now | Quote }}}}
+      {{{{ end }}}}
+      phase: Failed
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: build-pod-complete
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.spec.restartPolicy'
+      operator: 'In'
+      values: ['Never', 'OnFailure']
+    - key: '.metadata.annotations["{FAIL_ANNOTATION}"]'
+      operator: 'NotIn'
+      values: ['true']
+    - key: '.metadata.labels["app.kubernetes.io/name"]'
+      operator: 'In'
+      values: ['kmm-build']
+    - key: '.metadata.annotations["{BUILD_DONE_ANNOTATION}"]'
+      operator: 'In'
+      values: ['true']
+  delay:
+    durationMilliseconds: {COMPLETE_AFTER_MS}
+  next:
+    statusTemplate: |
+      {{{{ $now := Now }}}}
+      conditions:
+      - lastTransitionTime: {{{{ $now | Quote }}}}
+        status: "False"
+        type: Ready
+        reason: PodCompleted
+      - lastTransitionTime: {{{{ $now | Quote }}}}
+        status: "False"
+        type: ContainersReady
+        reason: PodCompleted
+      containerStatuses:
+      {{{{ range .spec.containers }}}}
+      - image: {{{{ .image | Quote }}}}
+        name: {{{{ .name | Quote }}}}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 0
+            finishedAt: {{{{ $now | Quote }}}}
+            reason: Completed
+            startedAt: {{{{ $now | Quote }}}}
+      {{{{ end }}}}
+      phase: Succeeded
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: build-pod-fail
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Running']
+    - key: '.spec.restartPolicy'
+      operator: 'In'
+      values: ['Never', 'OnFailure']
+    - key: '.metadata.annotations["{FAIL_ANNOTATION}"]'
+      operator: 'In'
+      values: ['true']
+    - key: '.metadata.labels["app.kubernetes.io/name"]'
+      operator: 'In'
+      values: ['kmm-build']
+    - key: '.metadata.annotations["{BUILD_DONE_ANNOTATION}"]'
       operator: 'In'
       values: ['true']
   delay:
@@ -431,6 +557,8 @@ mod tests {
                 "pod-ready",
                 "pod-complete",
                 "pod-fail",
+                "build-pod-complete",
+                "build-pod-fail",
                 "pod-delete"
             ]
         );

@@ -20,11 +20,14 @@
 //! kills them all, and a watchdog does the same if the test process dies
 //! without unwinding.
 
+pub mod bench_hub;
 pub mod bench_spoke;
 pub mod bins;
 pub mod certs;
 pub mod cluster;
+pub mod executor;
 pub mod fleet;
+pub mod kmods;
 pub mod kwok;
 pub mod net;
 pub mod ocm;

@@ -37,6 +37,21 @@ enum Cmd {
         #[arg(long, default_value = "/tmp/kmm-bench-spoke")]
         dir: std::path::PathBuf,
     },
+    /// Benchmark kmm-hub: N ManagedClusters (objects with kernel claims) over four kernels and M
+    /// ManagedClusterModules on one API server, next to a bare client creating the same
+    /// ManifestWorks. Build kmm-hub first:
+    /// `cargo build --release -p kmm-hub -p e2e && ./target/release/e2e bench-hub`.
+    BenchHub {
+        /// ManagedClusters.
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        /// ManagedClusterModules.
+        #[arg(long, default_value_t = 5)]
+        mcms: usize,
+        /// Run directory (logs).
+        #[arg(long, default_value = "/tmp/kmm-bench-hub")]
+        dir: std::path::PathBuf,
+    },
     /// (for the harness's own tests) start `sleep` under a supervisor in
     /// DIR, print its pid, and wait to be killed.
     #[command(hide = true)]
@@ -64,6 +79,10 @@ async fn main() -> Result<()> {
         Cmd::BenchSpoke { nodes, modules, dir } => {
             ensure_bins()?;
             e2e::bench_spoke::run(e2e::bench_spoke::Size { nodes, modules }, &dir).await
+        }
+        Cmd::BenchHub { clusters, mcms, dir } => {
+            ensure_bins()?;
+            e2e::bench_hub::run(e2e::bench_hub::Size { clusters, mcms }, &dir).await
         }
         Cmd::SupervisedSleep { dir } => {
             let sup = e2e::proc::Supervisor::new(&dir)?;

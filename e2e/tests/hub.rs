@@ -1,0 +1,830 @@
+//! `kmm-hub` and `kmm-spoke` across a local fleet: a hub and two spokes on different kernels,
+//! joined by OCM's real registration and work agents, with a real registry holding kmod images
+//! made from the real fixture modules. The hub runs build pods (a stand-in executor in the
+//! harness pushes what kaniko would; KWOK completes the pod), signs in process, pins digests
+//! and sends ManifestWorks; the spokes load the Modules on KWOK nodes and the status comes back.
+//!
+//! The trials run one after the other on one fleet (`--test-threads` is forced to 1).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine;
+use e2e::executor::StandInExecutor;
+use e2e::kmods::Fixtures;
+use e2e::proc::Spawn;
+use e2e::{Fleet, FleetSpec, NodeSpec, RegistrySpec, SpokeSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use libtest_mimic::{Arguments, Failed, Trial};
+use oci_client::secrets::RegistryAuth;
+use serde_json::{Value, json};
+use shared_api::mcm::ManagedClusterModule;
+use shared_api::module::Module;
+use shared_api::ocm::{ManagedCluster, ManifestWork};
+
+const K1: &str = "6.1.0-56-amd64";
+const K2: &str = "6.1.0-57-amd64";
+const K3: &str = "6.1.0-58-amd64";
+const HUB_NS: &str = "kmm-hub";
+const SPOKE_NS: &str = "kmm-ci";
+const USER: &str = "kmm";
+const PASS: &str = "e2e-password";
+const SELECT: &str = "kmm-e2e";
+const SELECT_FAIL: &str = "kmm-e2e-fail";
+const NODE_LABEL: &str = "e2e/kmm";
+const MODULES_TO_SIGN: [&str; 2] = ["kmm_ci_a", "kmm_ci_b"];
+
+struct Env {
+    fleet: Fleet,
+    fixtures: Arc<Fixtures>,
+    tmp: PathBuf,
+    _executor: StandInExecutor,
+}
+
+type TestFn = fn(Arc<Env>) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        vec![$((stringify!($name), (|e| Box::pin($name(e))) as TestFn)),*]
+    };
+}
+
+fn spec() -> FleetSpec {
+    let node = |n: &str, k: &str| NodeSpec::new(n, k).label(NODE_LABEL, "yes");
+    FleetSpec::new("hub-tests")
+        .base_dir(concat!(env!("CARGO_TARGET_TMPDIR"), "/kmm-e2e"))
+        .hub_node(NodeSpec::new("hub-builder", K1))
+        .spoke(SpokeSpec::new("spoke-a").node(node("a-0", K1)).node(node("a-1", K1)))
+        .spoke(SpokeSpec::new("spoke-b").node(node("b-0", K2)))
+        .registry(RegistrySpec {
+            tls: false,
+            auth: Some((USER.into(), PASS.into())),
+        })
+}
+
+fn our_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let path = dir.join(name);
+    ensure!(
+        path.exists(),
+        "{} not found: build it first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn registry_auth() -> RegistryAuth {
+    RegistryAuth::Basic(USER.into(), PASS.into())
+}
+
+fn dockerconfigjson(host: &str) -> String {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    json!({ "auths": { host: { "auth": auth } } }).to_string()
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl (apt-get install -y openssl)")?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+async fn create<K>(api: &Api<K>, obj: &K) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn secret(name: &str, data: &[(&str, Vec<u8>)], type_: Option<&str>) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.into());
+    s.type_ = type_.map(Into::into);
+    s.data = Some(
+        data.iter()
+            .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.clone())))
+            .collect(),
+    );
+    s
+}
+
+async fn start() -> Result<Env> {
+    let tmp = PathBuf::from(concat!(env!("CARGO_TARGET_TMPDIR"), "/kmm-e2e/hub-tests-files"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(tmp.join("kmods"))?;
+    let fixtures = Arc::new(Fixtures::build(&tmp.join("kmods"))?);
+    let fleet = Fleet::start(spec()).await?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let registry = fleet.registry.as_ref().context("fleet without registry")?;
+    let pull = dockerconfigjson(&registry.host);
+
+    // Hub: our CRDs, the namespace, the registry, signing and Dockerfile objects.
+    fleet.hub.install_crds(&repo.join("manifests/crds")).await?;
+    fleet.hub.ensure_namespace(HUB_NS).await?;
+    let hub = fleet.hub_client();
+    let secrets: Api<Secret> = Api::namespaced(hub.clone(), HUB_NS);
+    create(
+        &secrets,
+        &secret(
+            "kmm-registry",
+            &[(".dockerconfigjson", pull.clone().into_bytes())],
+            Some("kubernetes.io/dockerconfigjson"),
+        ),
+    )
+    .await?;
+    let (key, cert, other_key) = (tmp.join("key.pem"), tmp.join("cert.pem"), tmp.join("other.pem"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kmm-e2e signing",
+        "-keyout",
+        &key.display().to_string(),
+        "-out",
+        &cert.display().to_string(),
+    ])?;
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &other_key.display().to_string(),
+    ])?;
+    create(
+        &secrets,
+        &secret("kmm-signing-key", &[("key", std::fs::read(&key)?)], None),
+    )
+    .await?;
+    create(
+        &secrets,
+        &secret("kmm-signing-cert", &[("cert", std::fs::read(&cert)?)], None),
+    )
+    .await?;
+    create(
+        &secrets,
+        &secret("kmm-wrong-key", &[("key", std::fs::read(&other_key)?)], None),
+    )
+    .await?;
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("kmm-ci-dockerfile".into());
+    cm.data = Some(
+        [(
+            "dockerfile".to_string(),
+            "FROM debian:bookworm-slim\nARG KERNEL_FULL_VERSION\nCOPY . /opt/lib/modules/${KERNEL_FULL_VERSION}/\n"
+                .to_string(),
+        )]
+        .into(),
+    );
+    create(&Api::<ConfigMap>::namespaced(hub.clone(), HUB_NS), &cm).await?;
+
+    // Spokes: our CRDs, namespaces, the pull secret, and kmm-spoke in managed mode.
+    let spoke_bin = our_binary("kmm-spoke")?;
+    let mut ready_ports = Vec::new();
+    for s in &fleet.spokes {
+        s.install_crds(&repo.join("manifests/crds")).await?;
+        s.ensure_namespace("kmm-system").await?;
+        s.ensure_namespace(SPOKE_NS).await?;
+        create(
+            &Api::<Secret>::namespaced(s.client.clone(), SPOKE_NS),
+            &secret(
+                "kmm-registry",
+                &[(".dockerconfigjson", pull.clone().into_bytes())],
+                Some("kubernetes.io/dockerconfigjson"),
+            ),
+        )
+        .await?;
+        let health = e2e::net::free_port()?;
+        let metrics = e2e::net::free_port()?;
+        fleet.spawn(
+            Spawn::new(&format!("{}-kmm-spoke", s.name), &spoke_bin)
+                .args([
+                    "run",
+                    "--namespace=kmm-system",
+                    "--managed=true",
+                    "--webhook=off",
+                    "--leader-elect=false",
+                    "--worker-image=kmm-worker:e2e",
+                    &format!("--health-probe-bind-address=127.0.0.1:{health}"),
+                    &format!("--metrics-bind-address=127.0.0.1:{metrics}"),
+                ])
+                .env("KUBECONFIG", s.admin_kubeconfig.display().to_string())
+                .env("RUST_LOG", "info"),
+        )?;
+        ready_ports.push(health);
+    }
+    let hub_bin = our_binary("kmm-hub")?;
+    let health = e2e::net::free_port()?;
+    let metrics = e2e::net::free_port()?;
+    fleet.spawn(
+        Spawn::new("kmm-hub", &hub_bin)
+            .args([
+                "run",
+                &format!("--namespace={HUB_NS}"),
+                "--webhook=off",
+                "--leader-elect=false",
+                "--registry-timeout=5s",
+                "--build-image=kaniko-executor:e2e",
+                &format!("--health-probe-bind-address=127.0.0.1:{health}"),
+                &format!("--metrics-bind-address=127.0.0.1:{metrics}"),
+            ])
+            .env("KUBECONFIG", fleet.hub.admin_kubeconfig.display().to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("KMM_E2E_HUB_LOG").unwrap_or_else(|_| "info,kmm_hub=debug".into()),
+            ),
+    )?;
+    ready_ports.push(health);
+    for port in ready_ports {
+        e2e::wait::poll(
+            "kmm-hub and kmm-spoke ready",
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+            || fleet.check_alive(),
+            || async move {
+                Ok(http_get(port, "/readyz")
+                    .await
+                    .is_ok_and(|b| b.starts_with("HTTP/1.1 200"))
+                    .then_some(()))
+            },
+        )
+        .await?;
+    }
+    let executor = StandInExecutor::start(hub, HUB_NS, fixtures.clone(), registry_auth());
+    Ok(Env {
+        fleet,
+        fixtures,
+        tmp,
+        _executor: executor,
+    })
+}
+
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let tests = tests![
+        build_sign_pin_load_extend_relabel_delete,
+        failures_end_in_a_clear_status
+    ];
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime"),
+    );
+    let wanted = !args.list;
+    let env: Result<Arc<Env>, String> = if wanted {
+        rt.block_on(start()).map(Arc::new).map_err(|e| format!("{e:#}"))
+    } else {
+        Err("not started".into())
+    };
+    let trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let (env, rt) = (env.clone(), rt.clone());
+            Trial::test(name, move || {
+                let env =
+                    env.map_err(|e| Failed::from(format!("the fleet, kmm-hub or kmm-spoke did not start: {e}")))?;
+                rt.block_on(async {
+                    match tokio::time::timeout(Duration::from_secs(420), f(env.clone())).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(Failed::from(format!(
+                            "{e:#}\n(logs: {})",
+                            env.fleet.log_dir().display()
+                        ))),
+                        Err(_) => Err(Failed::from(format!(
+                            "timed out after 420s (logs: {})",
+                            env.fleet.log_dir().display()
+                        ))),
+                    }
+                })
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Ok(env) = env {
+        match Arc::try_unwrap(env) {
+            Ok(env) => env.fleet.teardown(),
+            Err(env) => env.fleet.teardown(),
+        }
+    }
+    if conclusion.has_failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+async fn wait_for<T, F, Fut>(env: &Env, what: &str, secs: u64, f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    e2e::wait::poll(
+        what,
+        Duration::from_secs(secs),
+        Duration::from_millis(300),
+        || env.fleet.check_alive(),
+        f,
+    )
+    .await
+}
+
+fn mcm(name: &str, selector: &str, loader: Value) -> Result<ManagedClusterModule> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "hub.kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "ManagedClusterModule",
+        "metadata": {"name": name},
+        "spec": {
+            "spokeNamespace": SPOKE_NS,
+            "selector": {selector: "yes"},
+            "moduleSpec": {
+                "imageRepoSecret": {"name": "kmm-registry"},
+                "selector": {NODE_LABEL: "yes"},
+                "moduleLoader": {"container": loader},
+            }
+        }
+    }))?)
+}
+
+async fn label_cluster(env: &Env, cluster: &str, key: &str, value: Option<&str>) -> Result<()> {
+    let api: Api<ManagedCluster> = Api::all(env.fleet.hub_client());
+    api.patch(
+        cluster,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {key: value}}})),
+    )
+    .await?;
+    Ok(())
+}
+
+fn ready_label(name: &str) -> String {
+    format!("kmm.node.kubernetes.io/{SPOKE_NS}.{name}.ready")
+}
+
+async fn nodes_with_label(client: &Client, label: &str) -> Result<Vec<String>> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut names: Vec<String> = nodes
+        .list(&ListParams::default().labels(label))
+        .await?
+        .into_iter()
+        .map(|n| n.name_any())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+async fn status_of(env: &Env, name: &str) -> Result<Option<shared_api::mcm::ManagedClusterModuleStatus>> {
+    let api: Api<ManagedClusterModule> = Api::all(env.fleet.hub_client());
+    Ok(api.get_opt(name).await?.and_then(|m| m.status))
+}
+
+/// The pinned image of `kernel` once the MCM status says it is Ready.
+async fn pinned_when_ready(env: &Env, mcm: &str, kernel: &str) -> Result<String> {
+    wait_for(
+        env,
+        &format!("image of {kernel} Ready in {mcm}'s status"),
+        180,
+        || async move {
+            let s = status_of(env, mcm).await?;
+            let img = s
+                .iter()
+                .flat_map(|s| &s.images)
+                .find(|i| i.kernel_version == kernel)
+                .cloned();
+            if let Some(i) = &img
+                && i.state == "Failed"
+            {
+                bail!("image of {kernel} failed: {:?}", i.message);
+            }
+            Ok(img.filter(|i| i.state == "Ready").and_then(|i| i.pinned))
+        },
+    )
+    .await
+}
+
+async fn work_module(env: &Env, cluster: &str, name: &str) -> Result<Option<Module>> {
+    let api: Api<ManifestWork> = Api::namespaced(env.fleet.hub_client(), cluster);
+    Ok(match api.get_opt(name).await? {
+        Some(mw) => Some(serde_json::from_value(
+            mw.spec
+                .workload
+                .manifests
+                .first()
+                .cloned()
+                .context("empty ManifestWork")?,
+        )?),
+        None => None,
+    })
+}
+
+fn mappings(m: &Module) -> Vec<(String, String)> {
+    m.spec
+        .module_loader
+        .iter()
+        .flat_map(|l| &l.container.kernel_mappings)
+        .map(|k| {
+            (
+                k.literal.clone().unwrap_or_default(),
+                k.container_image.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Splits a signed module into content and CMS signature, and verifies it with `openssl cms`.
+fn verify_signed(dir: &Path, name: &str, data: &[u8], cert: &Path) -> Result<()> {
+    const MAGIC: &[u8] = b"~Module signature appended~\n";
+    ensure!(data.ends_with(MAGIC), "{name} carries no module signature");
+    let body = &data[..data.len() - MAGIC.len()];
+    let trailer = &body[body.len() - 12..];
+    ensure!(trailer[2] == 2, "{name}: signature id type is not PKCS#7");
+    let n = u32::from_be_bytes(trailer[8..12].try_into()?) as usize;
+    let rest = &body[..body.len() - 12];
+    let (content, sig) = rest.split_at(rest.len() - n);
+    let (c, s) = (dir.join(format!("{name}.content")), dir.join(format!("{name}.p7s")));
+    std::fs::write(&c, content)?;
+    std::fs::write(&s, sig)?;
+    openssl(&[
+        "cms",
+        "-verify",
+        "-binary",
+        "-inform",
+        "DER",
+        "-in",
+        &s.display().to_string(),
+        "-content",
+        &c.display().to_string(),
+        "-certfile",
+        &cert.display().to_string(),
+        "-nointern",
+        "-noverify",
+        "-out",
+        "/dev/null",
+    ])
+    .with_context(|| format!("verifying the signature of {name}"))
+}
+
+async fn event_reasons(env: &Env, mcm: &str) -> Result<Vec<String>> {
+    let events: Api<Event> = Api::all(env.fleet.hub_client());
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(mcm))
+        .filter_map(|e| e.reason)
+        .collect())
+}
+
+// ---------------------------------------------------------------- trials
+
+async fn build_sign_pin_load_extend_relabel_delete(env: Arc<Env>) -> Result<()> {
+    let env = env.as_ref();
+    let hub = env.fleet.hub_client();
+    let registry = env.fleet.registry.as_ref().context("registry")?;
+    let name = "kmm-ci";
+    let image = format!("{}/kmm/kmm-ci:${{KERNEL_FULL_VERSION}}", registry.host);
+    for c in ["spoke-a", "spoke-b"] {
+        label_cluster(env, c, SELECT, Some("yes")).await?;
+    }
+    let m = mcm(
+        name,
+        SELECT,
+        json!({
+            "modprobe": {"moduleName": "kmm_ci_a"},
+            "kernelMappings": [{
+                "regexp": "^6\\.1\\.0-.*$",
+                "containerImage": image,
+                "registryTLS": {"insecure": true},
+                "build": {"dockerfileConfigMap": {"name": "kmm-ci-dockerfile"}},
+                "sign": {
+                    "keySecret": {"name": "kmm-signing-key"},
+                    "certSecret": {"name": "kmm-signing-cert"},
+                    "filesToSign": MODULES_TO_SIGN.iter().map(|m| format!("/opt/lib/modules/${{KERNEL_FULL_VERSION}}/{m}.ko")).collect::<Vec<_>>(),
+                },
+            }],
+        }),
+    )?;
+    let mcms: Api<ManagedClusterModule> = Api::all(hub.clone());
+    mcms.create(&PostParams::default(), &m).await?;
+
+    // Built, signed and pinned, once per kernel.
+    let p1 = pinned_when_ready(env, name, K1).await?;
+    let p2 = pinned_when_ready(env, name, K2).await?;
+    for (kernel, pinned) in [(K1, &p1), (K2, &p2)] {
+        ensure!(pinned.contains("@sha256:"), "{pinned} is not pinned to a digest");
+        let tag = format!("{}/kmm/kmm-ci:{kernel}", registry.host);
+        let (digest, files) = e2e::kmods::last_layer_files(&tag, &registry_auth()).await?;
+        ensure!(
+            pinned.ends_with(&digest),
+            "{pinned} is not the digest of {tag} ({digest})"
+        );
+        let dir = env.tmp.join(format!("verify-{kernel}"));
+        std::fs::create_dir_all(&dir)?;
+        ensure!(files.len() == MODULES_TO_SIGN.len(), "signed layer holds {files:?}");
+        for (path, data) in &files {
+            ensure!(path.starts_with(&format!("opt/lib/modules/{kernel}/")), "{path}");
+            let name = Path::new(path)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            verify_signed(&dir, &name, data, &env.tmp.join("cert.pem"))?;
+            let original = env.fixtures.module(name.trim_end_matches(".ko"))?;
+            ensure!(
+                data.starts_with(&original),
+                "{name}: the signed module's content is not the fixture's"
+            );
+        }
+    }
+    let reasons = event_reasons(env, name).await?;
+    for r in ["BuildCreated", "BuildSucceeded", "SignSucceeded"] {
+        ensure!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event on the MCM (events: {reasons:?})"
+        );
+    }
+
+    // Each spoke gets only its kernels, pinned.
+    for (cluster, want) in [
+        ("spoke-a", vec![(K1.to_string(), p1.clone())]),
+        ("spoke-b", vec![(K2.to_string(), p2.clone())]),
+    ] {
+        let module = wait_for(env, &format!("ManifestWork on {cluster}"), 60, || async move {
+            work_module(env, cluster, name).await
+        })
+        .await?;
+        ensure!(
+            mappings(&module) == want,
+            "{cluster}: mappings {:?}, want {want:?}",
+            mappings(&module)
+        );
+        let c = &module.spec.module_loader.as_ref().context("loader")?.container;
+        ensure!(c.build.is_none() && c.sign.is_none(), "build or sign reached {cluster}");
+    }
+
+    // The spokes load it on the right nodes, and the numbers come back.
+    let label = ready_label(name);
+    for (cluster, want) in [("spoke-a", vec!["a-0", "a-1"]), ("spoke-b", vec!["b-0"])] {
+        let client = env.fleet.spoke(cluster).client.clone();
+        let label = label.clone();
+        wait_for(env, &format!("{label} on {cluster}'s nodes"), 120, || {
+            let (client, label, want) = (client.clone(), label.clone(), want.clone());
+            async move { Ok((nodes_with_label(&client, &label).await? == want).then_some(())) }
+        })
+        .await?;
+    }
+    wait_for(
+        env,
+        "MCM status with loaded counts from both spokes",
+        120,
+        || async move {
+            let Some(s) = status_of(env, name).await? else {
+                return Ok(None);
+            };
+            let loaded = |c: &str| {
+                s.clusters
+                    .iter()
+                    .find(|x| x.name == c)
+                    .and_then(|x| x.module_loader)
+                    .map(|l| l.available_number)
+            };
+            Ok((s.number_desired == 2
+                && s.number_applied == 2
+                && s.number_degraded == 0
+                && loaded("spoke-a") == Some(2)
+                && loaded("spoke-b") == Some(1))
+            .then_some(()))
+        },
+    )
+    .await?;
+
+    // A second kernel on spoke-a extends its ManifestWork.
+    env.fleet.spoke("spoke-a").set_kernel_version("a-1", K3).await?;
+    let p3 = pinned_when_ready(env, name, K3).await?;
+    let want = vec![(K1.to_string(), p1.clone()), (K3.to_string(), p3.clone())];
+    wait_for(env, "spoke-a's ManifestWork with both kernels", 60, || {
+        let want = want.clone();
+        async move {
+            let m = work_module(env, "spoke-a", name).await?;
+            Ok(m.filter(|m| mappings(m) == want).map(|_| ()))
+        }
+    })
+    .await?;
+    let module = work_module(env, "spoke-b", name).await?.context("spoke-b's work")?;
+    ensure!(
+        mappings(&module) == vec![(K2.to_string(), p2.clone())],
+        "spoke-b changed: {:?}",
+        mappings(&module)
+    );
+    let client_a = env.fleet.spoke("spoke-a").client.clone();
+    wait_for(env, "a-1 loaded again on its new kernel", 120, || {
+        let (client, label) = (client_a.clone(), label.clone());
+        async move { Ok((nodes_with_label(&client, &label).await? == ["a-0", "a-1"]).then_some(())) }
+    })
+    .await?;
+
+    // Relabelling spoke-b removes its ManifestWork; the spoke unloads.
+    label_cluster(env, "spoke-b", SELECT, None).await?;
+    wait_for(env, "spoke-b's ManifestWork deleted", 60, || async move {
+        Ok(work_module(env, "spoke-b", name).await?.is_none().then_some(()))
+    })
+    .await?;
+    let client_b = env.fleet.spoke("spoke-b").client.clone();
+    wait_for(env, "spoke-b's Module gone and b-0 unloaded", 120, || {
+        let (client, label) = (client_b.clone(), label.clone());
+        async move {
+            let modules: Api<Module> = Api::namespaced(client.clone(), SPOKE_NS);
+            Ok(
+                (modules.get_opt(name).await?.is_none() && nodes_with_label(&client, &label).await?.is_empty())
+                    .then_some(()),
+            )
+        }
+    })
+    .await?;
+    wait_for(env, "MCM status with one cluster", 60, || async move {
+        Ok(status_of(env, name)
+            .await?
+            .filter(|s| s.number_desired == 1)
+            .map(|_| ()))
+    })
+    .await?;
+
+    // Deleting the MCM cleans up everywhere.
+    mcms.delete(name, &DeleteParams::foreground()).await?;
+    wait_for(env, "spoke-a's ManifestWork deleted with the MCM", 120, || async move {
+        Ok(work_module(env, "spoke-a", name).await?.is_none().then_some(()))
+    })
+    .await?;
+    wait_for(env, "spoke-a unloaded everywhere", 120, || {
+        let (client, label) = (client_a.clone(), label.clone());
+        async move {
+            let modules: Api<Module> = Api::namespaced(client.clone(), SPOKE_NS);
+            Ok(
+                (modules.get_opt(name).await?.is_none() && nodes_with_label(&client, &label).await?.is_empty())
+                    .then_some(()),
+            )
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn failures_end_in_a_clear_status(env: Arc<Env>) -> Result<()> {
+    let env = env.as_ref();
+    let hub = env.fleet.hub_client();
+    let registry = env.fleet.registry.as_ref().context("registry")?;
+    label_cluster(env, "spoke-a", SELECT_FAIL, Some("yes")).await?;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // The unsigned image the wrong key is tried on exists.
+    for k in [K1, K3] {
+        e2e::kmods::push(
+            &format!("{}/kmm/wrong-key-unsigned:{k}", registry.host),
+            env.fixtures.layers(k)?,
+            &registry_auth(),
+        )
+        .await?;
+    }
+    let cases = [
+        (
+            "no-dockerfile",
+            json!({
+                "modprobe": {"moduleName": "kmm_ci_a"},
+                "kernelMappings": [{
+                    "regexp": ".*",
+                    "containerImage": format!("{}/kmm/no-dockerfile:${{KERNEL_FULL_VERSION}}", registry.host),
+                    "registryTLS": {"insecure": true},
+                    "build": {"dockerfileConfigMap": {"name": "no-such-dockerfile"}},
+                }],
+            }),
+            vec![
+                "build.dockerfileConfigMap".to_string(),
+                "no-such-dockerfile".into(),
+                "not found".into(),
+            ],
+        ),
+        (
+            "wrong-key",
+            json!({
+                "modprobe": {"moduleName": "kmm_ci_a"},
+                "kernelMappings": [{
+                    "regexp": ".*",
+                    "containerImage": format!("{}/kmm/wrong-key:${{KERNEL_FULL_VERSION}}", registry.host),
+                    "registryTLS": {"insecure": true},
+                    "sign": {
+                        "unsignedImage": format!("{}/kmm/wrong-key-unsigned:${{KERNEL_FULL_VERSION}}", registry.host),
+                        "keySecret": {"name": "kmm-wrong-key"},
+                        "certSecret": {"name": "kmm-signing-cert"},
+                        "filesToSign": ["/opt/lib/modules/${KERNEL_FULL_VERSION}/kmm_ci_a.ko"],
+                    },
+                }],
+            }),
+            vec!["sign".to_string(), "kmm-wrong-key".into()],
+        ),
+        (
+            "unreachable",
+            json!({
+                "modprobe": {"moduleName": "kmm_ci_a"},
+                "kernelMappings": [{
+                    "regexp": ".*",
+                    "containerImage": format!("127.0.0.1:{closed}/kmm/unreachable:v1"),
+                    "registryTLS": {"insecure": true},
+                }],
+            }),
+            vec![format!("registry 127.0.0.1:{closed}")],
+        ),
+    ];
+    let mcms: Api<ManagedClusterModule> = Api::all(hub.clone());
+    for (name, loader, _) in &cases {
+        mcms.create(&PostParams::default(), &mcm(name, SELECT_FAIL, loader.clone())?)
+            .await?;
+    }
+    for (name, _, words) in &cases {
+        let status = wait_for(
+            env,
+            &format!("{name}: a Failed image and Degraded"),
+            120,
+            || async move {
+                let s = status_of(env, name).await?;
+                Ok(s.filter(|s| {
+                    s.number_degraded == 1
+                        && s.images.iter().any(|i| i.state == "Failed")
+                        && shared_api::conditions::is_true(&s.conditions, "Degraded")
+                }))
+            },
+        )
+        .await?;
+        let img = status
+            .images
+            .iter()
+            .find(|i| i.state == "Failed")
+            .context("failed image")?;
+        let msg = img.message.clone().unwrap_or_default();
+        for w in words {
+            ensure!(
+                msg.contains(w.as_str()),
+                "{name}: image message {msg:?} does not say {w:?}"
+            );
+        }
+        let reason = status.clusters[0].reason.clone().unwrap_or_default();
+        ensure!(
+            reason.contains(&msg),
+            "{name}: cluster reason {reason:?} lacks the image message"
+        );
+        let work: Api<ManifestWork> = Api::namespaced(hub.clone(), "spoke-a");
+        ensure!(
+            work.get_opt(name).await?.is_none(),
+            "{name}: a ManifestWork was sent without an image"
+        );
+    }
+    let reasons = event_reasons(env, "wrong-key").await?;
+    ensure!(
+        reasons.iter().any(|r| r == "SignFailed"),
+        "no SignFailed event: {reasons:?}"
+    );
+    for (name, _, _) in &cases {
+        mcms.delete(name, &DeleteParams::default()).await?;
+    }
+    label_cluster(env, "spoke-a", SELECT_FAIL, None).await?;
+    Ok(())
+}
