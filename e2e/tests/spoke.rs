@@ -1,11 +1,13 @@
 //! `kmm-spoke` on a real API server: one control plane (etcd, kube-apiserver, controller
 //! manager, scheduler, KWOK) started for this file, our CRDs installed, and the real
 //! `kmm-spoke` binary running against it in managed mode with leader election. KWOK plays the
-//! kubelet: worker pods on fake nodes complete, DaemonSet pods become Ready.
+//! kubelet: worker pods on fake nodes complete, DaemonSet pods become Ready. A node whose
+//! `modprobe` fails is simulated by a mutating webhook of this harness (see
+//! [`simulate_failing_modprobe`]); kmm-spoke itself is not told.
 //!
 //! Each trial works in a namespace and on fake nodes of its own, so trials run in parallel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -14,19 +16,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use base64::Engine;
 use e2e::KubeCluster;
 use e2e::bins::Bins;
-use e2e::kwok::NodeSpec;
+use e2e::certs::Ca;
+use e2e::kwok::{FAIL_ANNOTATION, NodeSpec};
 use e2e::proc::{Spawn, Supervisor};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kmm_spoke::plan::worker_pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use libtest_mimic::{Arguments, Failed, Trial};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use shared_api::module::Module;
-use shared_api::nmc::NodeModulesConfig;
+use shared_api::module::{ModprobeSpec, Module};
+use shared_api::nmc::{ModuleConfig, NodeModuleStatus, NodeModulesConfig};
 use shared_api::ocm::{ClusterClaim, KERNEL_VERSIONS_CLAIM};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const K1: &str = "6.1.0-28-amd64";
 const K2: &str = "5.14.0-427.13.1.el9_4.x86_64";
@@ -35,6 +45,8 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 struct Env {
     cluster: KubeCluster,
+    /// kmm-spoke's `/metrics`, plain HTTP on loopback.
+    metrics_port: u16,
     _sup: Arc<Supervisor>,
 }
 
@@ -107,11 +119,14 @@ async fn start() -> Result<Env> {
             Ok(ok.then_some(()))
         })
         .await?;
-    Ok(Env { cluster, _sup: sup })
+    Ok(Env {
+        cluster,
+        metrics_port: metrics,
+        _sup: sup,
+    })
 }
 
 async fn http_get(port: u16, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
         .await?;
@@ -130,6 +145,10 @@ fn main() -> ExitCode {
         ordered_upgrade,
         device_plugin_only_where_the_module_is_ready,
         bad_regexp_and_untagged_image_get_clear_conditions,
+        build_or_sign_left_in_the_spec_gets_the_needs_hub_condition,
+        failing_worker_pod_is_reported_and_retried_with_backoff,
+        untolerated_taint_keeps_a_node_out_until_tolerated,
+        orphaned_status_is_unloaded,
         kernel_versions_claim_follows_the_nodes,
         api_server_enforces_the_crd_rules,
         kubectl_accepts_the_generated_crds,
@@ -805,4 +824,532 @@ async fn kubectl_accepts_the_generated_crds(env: Arc<Env>) -> Result<()> {
         ensure!(stdout.lines().count() == 4, "expected 4 CRDs, kubectl said: {stdout}");
     }
     Ok(())
+}
+
+async fn build_or_sign_left_in_the_spec_gets_the_needs_hub_condition(env: Arc<Env>) -> Result<()> {
+    let (t, ns) = ("t-needs-hub", "t-needs-hub");
+    add_nodes(&env, t, &[("hub-a", K1)]).await?;
+    let cases = [
+        (
+            "needs-build",
+            json!({"kernelMappings": [{
+                "literal": K1,
+                "containerImage": "registry.e2e.invalid/kmm-ci-a:built",
+                "build": {"dockerfileConfigMap": {"name": "kmm-ci-a-dockerfile"}}
+            }]}),
+            "spec.moduleLoader.container.kernelMappings[0]",
+            "registry.e2e.invalid/kmm-ci-a:built".to_owned(),
+        ),
+        (
+            "needs-sign",
+            json!({"sign": {
+                "keySecret": {"name": "signing-key"},
+                "certSecret": {"name": "signing-cert"},
+                "filesToSign": ["/opt/lib/modules/6.1.0-28-amd64/kmm_ci_a.ko"]
+            }}),
+            "spec.moduleLoader.container",
+            format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}"),
+        ),
+    ];
+    for (name, container, at, image) in cases {
+        apply_module(
+            &env,
+            module(ns, name, t, json!({"spec": {"moduleLoader": {"container": container}}})),
+        )
+        .await?;
+        let expected = format!("{at} carry build or sign instructions; builds and signing run on the hub (kmm-hub)");
+        env.cluster
+            .wait(&format!("{name}: Degraded/NeedsHub condition"), TIMEOUT, || async {
+                let s = module_status(&env, ns, name).await?.status.unwrap_or_default();
+                Ok(s.conditions
+                    .iter()
+                    .find(|c| {
+                        c.type_ == "Degraded"
+                            && c.status == "True"
+                            && c.reason == "NeedsHub"
+                            && c.message.contains(&expected)
+                    })
+                    .map(|_| ()))
+            })
+            .await?;
+        // The spoke neither builds nor signs: it loads the image it was given, as is.
+        wait_loaded(&env, "hub-a", ns, name, Some(&image)).await?;
+    }
+    let others = Api::<Pod>::namespaced(env.client(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/name!=kmm-worker"))
+        .await?;
+    ensure!(
+        others.items.is_empty(),
+        "the spoke started pods other than worker pods (a build?): {:?}",
+        others.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+async fn failing_worker_pod_is_reported_and_retried_with_backoff(env: Arc<Env>) -> Result<()> {
+    let (t, ns, name, on) = ("t-fail", "t-fail", "kmm-ci-a", "fail-a");
+    env.cluster
+        .add_nodes(&[NodeSpec::new(on, K1)
+            .label("e2e/test", t)
+            .label(MODPROBE_FAILS_LABEL, "true")])
+        .await?;
+    let webhook = simulate_failing_modprobe(&env, ns, on).await?;
+    let failures_before = worker_pod_failures(&env).await?;
+    apply_module(
+        &env,
+        module(
+            ns,
+            name,
+            t,
+            json!({"spec": {"moduleLoader": {"container": {"modprobe": {"parameters": ["debug=1"]}}}}}),
+        ),
+    )
+    .await?;
+    let image = format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}");
+    // The failure is reported on the node, with the worker's message and the backoff.
+    let prefix = format!("Module {ns}/{name}: loading failed on attempt 1 (worker pod ");
+    let first = env
+        .cluster
+        .wait(&format!("ModuleLoadFailed event on {on}"), TIMEOUT, || async {
+            Ok(node_events(&env, on, "ModuleLoadFailed")
+                .await?
+                .into_iter()
+                .find(|m| m.starts_with(&prefix)))
+        })
+        .await?;
+    ensure!(
+        first.contains("failed on purpose") && first.ends_with("; retrying in 10s"),
+        "first failure: {first}"
+    );
+
+    // Retried with backoff: over the next 20 s a hot loop would run dozens of attempts (each
+    // fails within a second); the spoke runs the retry and at most one more.
+    let pods: Api<Pod> = Api::namespaced(env.client(), ns);
+    let mut attempts = BTreeSet::new();
+    let mut uids = BTreeSet::new();
+    let mut failed_pod = None;
+    let window = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < window {
+        env.cluster.check_alive()?;
+        let list = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=kmm-worker"))
+            .await?;
+        for p in list.items {
+            let attempt: u32 = p
+                .labels()
+                .get(worker_pod::ATTEMPT_LABEL)
+                .context("worker pod without attempt label")?
+                .parse()?;
+            attempts.insert(attempt);
+            uids.insert(p.uid().unwrap_or_default());
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            if failed_pod.is_none() && phase == Some("Failed") {
+                failed_pod = Some(p);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let attempts: Vec<u32> = attempts.into_iter().collect();
+    ensure!(
+        (attempts == [0, 1] || attempts == [0, 1, 2]) && uids.len() <= 5,
+        "worker pods seen in the 20 s after the first failure: attempts {attempts:?}, {} pods",
+        uids.len()
+    );
+    // Both failures are counted and reported (kmm-spoke's event recorder folds repeats of a
+    // reason on one node into the first Event's series count, so count those too).
+    env.cluster
+        .wait(
+            "kmm_spoke_worker_pod_failures counts both failures",
+            TIMEOUT,
+            || async { Ok((worker_pod_failures(&env).await? >= failures_before + 2.0).then_some(())) },
+        )
+        .await?;
+    env.cluster
+        .wait("ModuleLoadFailed reported twice", TIMEOUT, || async {
+            Ok((failure_reports(&env, on, &format!("Module {ns}/{name}: ")).await? >= 2).then_some(()))
+        })
+        .await?;
+    ensure!(
+        !labels_of(&node(&env, on).await?).contains_key(&ready_label(ns, name)),
+        "{on} labelled ready while the module fails to load"
+    );
+
+    // The failed pod stays for the backoff, so the real API server's copy can be read: pinned to
+    // the node, owned by its NodeModulesConfig, the config handed over as a file.
+    let pod = failed_pod.context("never saw a failed worker pod")?;
+    let spec = pod.spec.clone().unwrap_or_default();
+    ensure!(spec.node_name.as_deref() == Some(on), "{:?}", spec.node_name);
+    ensure!(spec.restart_policy.as_deref() == Some("Never"));
+    let owner = pod.owner_references().first().context("worker pod has no owner")?;
+    ensure!(
+        owner.kind == "NodeModulesConfig" && owner.name == on && owner.controller == Some(true),
+        "owner: {owner:?}"
+    );
+    let config: ModuleConfig = serde_json::from_str(
+        pod.annotations()
+            .get(worker_pod::CONFIG_ANNOTATION)
+            .context("no config annotation")?,
+    )?;
+    ensure!(
+        config.container_image == image
+            && config.kernel_version == K1
+            && config.modprobe.module_name.as_deref() == Some("kmm_ci_a")
+            && config.modprobe.parameters == ["debug=1"],
+        "config handed to the worker: {config:?}"
+    );
+    let volume = spec
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "config")
+        .and_then(|v| v.downward_api)
+        .context("no downward API config volume")?;
+    let file = &volume.items.unwrap_or_default()[0];
+    ensure!(
+        file.field_ref.as_ref().map(|f| f.field_path.as_str())
+            == Some(&*format!("metadata.annotations['{}']", worker_pod::CONFIG_ANNOTATION)),
+        "config file: {file:?}"
+    );
+    let args = spec.containers[0].args.clone().unwrap_or_default();
+    ensure!(
+        args.starts_with(&["kmod".into(), "load".into(), worker_pod::CONFIG_PATH.into()]),
+        "worker args: {args:?}"
+    );
+
+    // The node is fixed: a later retry loads the module.
+    Api::<Node>::all(env.client())
+        .patch(
+            on,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {MODPROBE_FAILS_LABEL: null}}})),
+        )
+        .await?;
+    wait_loaded(&env, on, ns, name, Some(&image)).await?;
+    wait_event(
+        &env,
+        on,
+        "ModuleLoaded",
+        &format!("Module {ns}/{name} loaded into the kernel"),
+    )
+    .await?;
+    env.cluster
+        .wait("Module available 1/1", TIMEOUT, || async {
+            let l = module_status(&env, ns, name)
+                .await?
+                .status
+                .unwrap_or_default()
+                .module_loader;
+            Ok((l.desired_number == 1 && l.available_number == 1).then_some(()))
+        })
+        .await?;
+    Api::<MutatingWebhookConfiguration>::all(env.client())
+        .delete(&webhook, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
+async fn untolerated_taint_keeps_a_node_out_until_tolerated(env: Arc<Env>) -> Result<()> {
+    let (t, ns, name) = ("t-taint", "t-taint", "kmm-ci-a");
+    env.cluster
+        .add_nodes(&[
+            NodeSpec::new("taint-a", K1)
+                .label("e2e/test", t)
+                .taint("e2e/dedicated", Some("gpu"), "NoSchedule"),
+            NodeSpec::new("taint-b", K1).label("e2e/test", t),
+        ])
+        .await?;
+    apply_module(&env, module(ns, name, t, json!({}))).await?;
+    let image = format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}");
+    wait_loaded(&env, "taint-b", ns, name, Some(&image)).await?;
+    env.cluster
+        .wait("Module status: 2 matching, 1 desired, 1 available", TIMEOUT, || async {
+            let l = module_status(&env, ns, name)
+                .await?
+                .status
+                .unwrap_or_default()
+                .module_loader;
+            Ok(
+                (l.nodes_matching_selector_number == 2 && l.desired_number == 1 && l.available_number == 1)
+                    .then_some(()),
+            )
+        })
+        .await?;
+    let nmcs: Api<NodeModulesConfig> = Api::all(env.client());
+    let entry_on_a = |nmc: Option<NodeModulesConfig>| {
+        nmc.and_then(|n| n.spec.modules.into_iter().find(|m| m.namespace == ns && m.name == name))
+    };
+    ensure!(
+        entry_on_a(nmcs.get_opt("taint-a").await?).is_none(),
+        "the Module reached a node whose taint it does not tolerate"
+    );
+
+    apply_module(
+        &env,
+        module(
+            ns,
+            name,
+            t,
+            json!({"spec": {"tolerations": [
+                {"key": "e2e/dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+            ]}}),
+        ),
+    )
+    .await?;
+    wait_loaded(&env, "taint-a", ns, name, Some(&image)).await?;
+    let entry = entry_on_a(nmcs.get_opt("taint-a").await?).context("no entry on taint-a")?;
+    ensure!(
+        entry
+            .tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("e2e/dedicated")),
+        "the worker pods would not tolerate the taint: {:?}",
+        entry.tolerations
+    );
+    Ok(())
+}
+
+async fn orphaned_status_is_unloaded(env: Arc<Env>) -> Result<()> {
+    // A module recorded as loaded on a node although no Module asks for it any more (say the
+    // Module was removed while kmm-spoke was down, its finalizer forced away).
+    let (ns, name, node) = ("t-orphan", "gone", "orphan-a");
+    env.cluster.ensure_namespace(ns).await?;
+    env.cluster
+        .add_nodes(&[NodeSpec::new(node, K1)
+            .label("e2e/test", "t-orphan")
+            .label(ready_label(ns, name), "")])
+        .await?;
+    let nmcs: Api<NodeModulesConfig> = Api::all(env.client());
+    let nmc: NodeModulesConfig = serde_json::from_value(json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "NodeModulesConfig",
+        "metadata": {"name": node},
+        "spec": {"modules": []}
+    }))?;
+    nmcs.create(&PostParams::default(), &nmc).await?;
+    let loaded = NodeModuleStatus {
+        name: name.into(),
+        namespace: ns.into(),
+        config: ModuleConfig {
+            kernel_version: K1.into(),
+            container_image: "registry.e2e.invalid/gone:1".into(),
+            modprobe: serde_json::from_value::<ModprobeSpec>(json!({"moduleName": "gone"}))?,
+            ..Default::default()
+        },
+        last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        // The node's current boot: the module is in its kernel now.
+        boot_id: Some(format!("boot-{node}")),
+        ..Default::default()
+    };
+    nmcs.patch_status(
+        node,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"modules": [loaded]}})),
+    )
+    .await?;
+    // Unloaded by a worker pod (not merely forgotten), and its label removed.
+    wait_loaded(&env, node, ns, name, None).await?;
+    wait_event(
+        &env,
+        node,
+        "ModuleUnloaded",
+        &format!("Module {ns}/{name} unloaded from the kernel"),
+    )
+    .await
+}
+
+// ------------------------------------------------------------------ a failing modprobe
+
+/// A test puts `"true"` here on a fake node to say that `modprobe` fails on it.
+const MODPROBE_FAILS_LABEL: &str = "e2e.kmm.sigs.x-k8s.io/modprobe-fails";
+
+/// The harness's way of simulating a node whose `modprobe` fails (a kernel that refuses the
+/// module, say). KWOK plays the kubelet and fails a run-to-completion pod that carries
+/// [`FAIL_ANNOTATION`], as `kmm-worker` would exit 1; kmm-spoke does not know about it and is
+/// not told. So this registers, on the real API server, a mutating admission webhook served from
+/// this process on loopback, scoped to worker pods in namespace `ns`, that adds the annotation to
+/// a worker pod at creation when its node carries [`MODPROBE_FAILS_LABEL`]`=true`. Removing the
+/// label is fixing the node: later attempts succeed. Returns the webhook configuration's name.
+///
+/// Waits until the API server applies the webhook (a dry-run worker pod on `node` comes back
+/// annotated), so no worker pod slips through before it.
+async fn simulate_failing_modprobe(env: &Env, ns: &str, node: &str) -> Result<String> {
+    let ca = Ca::new("e2e-failing-modprobe-ca")?;
+    let pair = ca.server("e2e-failing-modprobe", &["127.0.0.1"])?;
+    let certs = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())?;
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let port = listener.local_addr()?.port();
+    let nodes: Api<Node> = Api::all(env.client());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let (acceptor, nodes) = (acceptor.clone(), nodes.clone());
+            tokio::spawn(async move {
+                if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    && let Err(e) = answer_admission(stream, &nodes).await
+                {
+                    eprintln!("failing-modprobe webhook: {e:#}");
+                }
+            });
+        }
+    });
+
+    let name = format!("e2e-failing-modprobe-{ns}");
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "failing-modprobe.e2e.kmm.sigs.x-k8s.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "Never",
+            "timeoutSeconds": 10,
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}/mutate"),
+                "caBundle": base64::engine::general_purpose::STANDARD.encode(&ca.cert_pem),
+            },
+            "rules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                "operations": ["CREATE"], "scope": "Namespaced"
+            }],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "objectSelector": {"matchLabels": {"app.kubernetes.io/name": worker_pod::APP}},
+        }]
+    });
+    Api::<MutatingWebhookConfiguration>::all(env.client())
+        .patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(config))
+        .await
+        .context("registering the failing-modprobe webhook")?;
+
+    env.cluster.ensure_namespace(ns).await?;
+    let pods: Api<Pod> = Api::namespaced(env.client(), ns);
+    let probe: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": "failing-modprobe-probe",
+            "labels": {"app.kubernetes.io/name": worker_pod::APP},
+            "annotations": {"e2e.kmm.sigs.x-k8s.io/probe": "true"}
+        },
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": "Never",
+            "containers": [{"name": "probe", "image": "kmm-worker:e2e"}]
+        }
+    }))?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    env.cluster
+        .wait("the failing-modprobe webhook is in effect", TIMEOUT, || async {
+            // Errors while the API server picks up the webhook (or the namespace's default
+            // ServiceAccount is made) mean "not yet"; the bounded wait reports the timeout.
+            Ok(pods
+                .create(&dry_run, &probe)
+                .await
+                .ok()
+                .filter(|p| p.annotations().get(FAIL_ANNOTATION).map(String::as_str) == Some("true"))
+                .map(|_| ()))
+        })
+        .await?;
+    Ok(name)
+}
+
+/// Answers one AdmissionReview (HTTP/1.1, one request per connection).
+async fn answer_admission<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, nodes: &Api<Node>) -> Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (body_at, len) = loop {
+        let n = s.read(&mut chunk).await?;
+        ensure!(n > 0, "connection closed before the request head ended");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .context("request without content-length")?
+                .trim()
+                .parse::<usize>()?;
+            break (i + 4, len);
+        }
+        ensure!(buf.len() < 1 << 20, "request head too large");
+    };
+    ensure!(len < 16 << 20, "request body too large");
+    while buf.len() < body_at + len {
+        let n = s.read(&mut chunk).await?;
+        ensure!(n > 0, "connection closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let review: Value = serde_json::from_slice(&buf[body_at..body_at + len])?;
+    let request = &review["request"];
+    let pod = &request["object"];
+    let fails = match pod["spec"]["nodeName"].as_str() {
+        Some(n) => nodes
+            .get_opt(n)
+            .await?
+            .is_some_and(|n| labels_of(&n).get(MODPROBE_FAILS_LABEL).map(String::as_str) == Some("true")),
+        None => false,
+    };
+    let mut response = json!({"uid": request["uid"], "allowed": true});
+    if fails {
+        let patch = if pod["metadata"]["annotations"].is_object() {
+            let key = FAIL_ANNOTATION.replace('~', "~0").replace('/', "~1");
+            json!([{"op": "add", "path": format!("/metadata/annotations/{key}"), "value": "true"}])
+        } else {
+            json!([{"op": "add", "path": "/metadata/annotations", "value": {FAIL_ANNOTATION: "true"}}])
+        };
+        response["patchType"] = json!("JSONPatch");
+        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch.to_string()));
+    }
+    let body =
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}).to_string();
+    s.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    s.shutdown().await?;
+    Ok(())
+}
+
+/// How many times `ModuleLoadFailed` was reported on `node` with a message starting with
+/// `prefix`: one per Event, or its series count when repeats were folded into it.
+async fn failure_reports(env: &Env, node: &str, prefix: &str) -> Result<i32> {
+    let list = Api::<Event>::all(env.client())
+        .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("ModuleLoadFailed"))
+        .filter(|e| e.message.as_deref().is_some_and(|m| m.starts_with(prefix)))
+        .map(|e| {
+            let series = e.series.as_ref().and_then(|s| s.count).unwrap_or(1);
+            e.count.unwrap_or(1).max(series).max(1)
+        })
+        .sum())
+}
+
+/// `kmm_spoke_worker_pod_failures_total` from kmm-spoke's `/metrics`.
+async fn worker_pod_failures(env: &Env) -> Result<f64> {
+    let text = http_get(env.metrics_port, "/metrics").await?;
+    ensure!(text.starts_with("HTTP/1.1 200"), "GET /metrics: {text}");
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kmm_spoke_worker_pod_failures_total "))
+        .with_context(|| format!("no kmm_spoke_worker_pod_failures_total in\n{text}"))?;
+    Ok(value.trim().parse()?)
 }
