@@ -10,7 +10,7 @@
 //! - the hub's peak memory (VmHWM) and the writes it sent to the API server.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use serde_json::json;
 use shared_api::mcm::ManagedClusterModule;
 use shared_api::ocm::{ManagedCluster, ManifestWork};
 
+use crate::bench::{metric, peak_kib, release_binary};
 use crate::bins::Bins;
 use crate::cluster::KubeCluster;
 use crate::proc::{Spawn, Supervisor};
@@ -41,41 +42,6 @@ pub struct Size {
     pub clusters: usize,
     /// ManagedClusterModules.
     pub mcms: usize,
-}
-
-fn hub_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().context("no directory")?.join("kmm-hub");
-    ensure!(
-        path.exists(),
-        "{} not found: build it with `cargo build --release -p kmm-hub`",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-async fn metric(port: u16, name: &str) -> Result<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    out.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .with_context(|| format!("{name} not in the hub's metrics"))
 }
 
 fn cluster_name(i: usize) -> String {
@@ -258,7 +224,7 @@ pub async fn run(size: Size, dir: &Path) -> Result<()> {
     let health = crate::net::free_port()?;
     let metrics = crate::net::free_port()?;
     sup.spawn(
-        Spawn::new("kmm-hub", &hub_binary()?)
+        Spawn::new("kmm-hub", &release_binary("kmm-hub", "kmm-hub")?)
             .args([
                 "run",
                 "--namespace=kmm-hub",

@@ -8,7 +8,7 @@
 //!   Module's ready label (worker pods run to completion under KWOK in between);
 //! - the spoke's peak memory (VmHWM) and the writes it sent to the API server.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use shared_api::nmc::{ModuleConfig, NodeModuleSpec};
 
+use crate::bench::{metric, peak_kib, release_binary};
 use crate::bins::Bins;
 use crate::cluster::KubeCluster;
 use crate::kwok::NodeSpec;
@@ -37,41 +38,6 @@ pub struct Size {
     pub nodes: usize,
     /// Modules.
     pub modules: usize,
-}
-
-fn spoke_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().context("no directory")?.join("kmm-spoke");
-    ensure!(
-        path.exists(),
-        "{} not found: build it with `cargo build --release -p kmm-spoke`",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-async fn metric(port: u16, name: &str) -> Result<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    out.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .with_context(|| format!("{name} not in the spoke's metrics"))
 }
 
 fn module_name(i: usize) -> String {
@@ -214,7 +180,7 @@ pub async fn run(size: Size, dir: &Path) -> Result<()> {
     // kmm-spoke.
     let health = crate::net::free_port()?;
     let metrics = crate::net::free_port()?;
-    let spoke = spoke_binary()?;
+    let spoke = release_binary("kmm-spoke", "kmm-spoke")?;
     sup.spawn(
         Spawn::new("kmm-spoke", &spoke)
             .args([

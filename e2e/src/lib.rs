@@ -20,6 +20,7 @@
 //! kills them all, and a watchdog does the same if the test process dies
 //! without unwinding.
 
+pub mod bench;
 pub mod bench_hub;
 pub mod bench_spoke;
 pub mod bins;

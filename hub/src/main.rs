@@ -10,6 +10,7 @@ use kmm_hub::pipeline::Settings;
 use kmm_runtime::config::{Config, parse_go_duration};
 use kmm_runtime::leader::LeaseConfig;
 use kmm_runtime::process::init_logs;
+use kmm_runtime::webhook::Mode as WebhookMode;
 
 mod run;
 
@@ -38,17 +39,6 @@ enum Command {
     /// Sign kernel modules for Secure Boot (files or whole images), byte-identical to the
     /// kernel's sign-file for RSA keys.
     Sign(kmm_hub::sign::cli::SignArgs),
-}
-
-/// When to serve the admission webhooks.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum WebhookMode {
-    /// Serve them when `<webhook.certDir>/tls.crt` and `tls.key` exist (the manifests mount them).
-    Auto,
-    /// Always serve them; a missing or unusable certificate is a start-up error.
-    On,
-    /// Never serve them.
-    Off,
 }
 
 /// Run the controller.
@@ -151,11 +141,7 @@ fn main() -> anyhow::Result<()> {
 async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
     // The configuration is checked before anything else, so a bad file fails fast and alone.
     let config = args.config()?;
-    let webhook = match args.webhook {
-        WebhookMode::Auto => kmm_runtime::webhook::certs_present(&config.webhook),
-        WebhookMode::On => true,
-        WebhookMode::Off => false,
-    };
+    let webhook = args.webhook.enabled(&config.webhook);
     let client = kube::Client::try_default()
         .await
         .context("connecting to the hub cluster")?;

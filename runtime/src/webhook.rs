@@ -13,6 +13,28 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 use crate::tls::{self, FileCertResolver};
 
+/// When to serve the admission webhooks (`--webhook`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve them when `<webhook.certDir>/tls.crt` and `tls.key` exist (the manifests mount them).
+    Auto,
+    /// Always serve them; a missing or unusable certificate is a start-up error.
+    On,
+    /// Never serve them.
+    Off,
+}
+
+impl Mode {
+    /// Whether to serve the webhooks with this configuration.
+    pub fn enabled(self, cfg: &config::Webhook) -> bool {
+        match self {
+            Mode::Auto => certs_present(cfg),
+            Mode::On => true,
+            Mode::Off => false,
+        }
+    }
+}
+
 /// True when `<certDir>/tls.crt` and `<certDir>/tls.key` both exist (the manifests mount them).
 pub fn certs_present(cfg: &config::Webhook) -> bool {
     cfg.cert_file().is_file() && cfg.key_file().is_file()

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use kmm_runtime::config::Config;
 use kmm_runtime::leader::LeaseConfig;
 use kmm_runtime::process::{init_logs, parse_bool_env};
+use kmm_runtime::webhook::Mode as WebhookMode;
 use kmm_spoke::plan::worker_pod::WorkerSettings;
 
 mod run;
@@ -35,17 +36,6 @@ enum Command {
     /// Print the CustomResourceDefinitions the spoke installs (Module, NodeModulesConfig,
     /// PreflightValidation) as YAML.
     Crds,
-}
-
-/// When to serve the admission webhooks.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum WebhookMode {
-    /// Serve them when `<webhook.certDir>/tls.crt` and `tls.key` exist (the manifests mount them).
-    Auto,
-    /// Always serve them; a missing or unusable certificate is a start-up error.
-    On,
-    /// Never serve them.
-    Off,
 }
 
 /// Run the controllers.
@@ -168,11 +158,7 @@ fn main() -> anyhow::Result<()> {
 async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
     // The configuration is checked before anything else, so a bad file fails fast and alone.
     let config = args.config()?;
-    let webhook = match args.webhook {
-        WebhookMode::Auto => kmm_runtime::webhook::certs_present(&config.webhook),
-        WebhookMode::On => true,
-        WebhookMode::Off => false,
-    };
+    let webhook = args.webhook.enabled(&config.webhook);
     if !webhook {
         tracing::info!(
             cert_dir = %config.webhook.cert_dir.display(),
