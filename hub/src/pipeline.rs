@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kmm_runtime::events::{Event, EventType, Recorder};
 use kmm_runtime::registry::RegistryTls;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use shared_api::image::ImageRef;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::jiff::Timestamp;
+use kmm_runtime::events::{Event, EventType};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use shared_api::conditions::{self, Wanted};
@@ -303,7 +303,11 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
         }
     }
 
-    let plugin = reconcile_device_plugin(module, &key, ctx, &plan).await?;
+    // A DaemonSet the API server refuses is said on the Module; the loader part goes on.
+    let (plugin, plugin_error) = match reconcile_device_plugin(module, &key, ctx, &plan).await {
+        Ok(p) => (p, None),
+        Err(e) => (status.device_plugin, Some(e.to_string())),
+    };
     let loaded: std::collections::BTreeMap<String, NodeModuleStatus> = plan
         .entries
         .keys()
@@ -321,9 +325,36 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
     status.module_loader = loader_status(&plan, |node| loaded.get(node));
     status.device_plugin = plugin;
     set_conditions(&mut status, &plan, generation, now);
+    if let Some(message) = &plugin_error {
+        let was = module
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::DEGRADED))
+            .map(|c| c.message.as_str());
+        if was != Some(message.as_str()) {
+            tracing::warn!(module = %key, %message, "device plugin DaemonSet refused");
+            publish(ctx, module, EventType::Warning, "DevicePluginFailed", message.clone()).await;
+        }
+        conditions::set(
+            &mut status.conditions,
+            Wanted {
+                type_: conditions::DEGRADED,
+                status: true,
+                reason: "DevicePluginFailed",
+                message: message.clone(),
+            },
+            generation,
+            now,
+        );
+    }
     ctx.metrics.set_module(&key, &status.module_loader);
     patch_status(ctx, module, status).await?;
-    Ok(Action::requeue(RESYNC))
+    // Refused DaemonSets are retried, slowly: the cause may be outside the Module (quota, policy).
+    Ok(Action::requeue(if plugin_error.is_some() {
+        Duration::from_secs(60)
+    } else {
+        RESYNC
+    }))
 }
 
 fn set_conditions(status: &mut ModuleStatus, plan: &ModulePlan, generation: Option<i64>, now: Timestamp) {
