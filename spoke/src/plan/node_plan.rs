@@ -241,9 +241,11 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
             steps.push(Step::ForgetStatus(key_of_status(s)));
         }
 
-        // Finished and obsolete pods first; at most one pod stays in flight.
+        // The pod that counts is the one in flight, else the latest attempt; the others go.
+        // A pod is deleted only once what replaces it (a retry, or the status it recorded) is
+        // in the caches, so a view that lags behind never lacks both and starts attempt 0 again.
         let mut pods: Vec<&WorkerPodView> = state.pods.iter().filter(|p| &p.key() == key).collect();
-        pods.sort_by_key(|p| std::cmp::Reverse(p.attempt));
+        pods.sort_by_key(|p| (p.phase != PodPhase::InFlight, std::cmp::Reverse(p.attempt)));
         for extra in pods.iter().skip(1) {
             steps.push(Step::DeletePod(extra.name.clone()));
         }
@@ -256,28 +258,30 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
                     if from_this_boot && pod.entry.config.kernel_version == node.kernel =>
                 {
                     let s = status_from(&pod.entry, &node.boot_id, state.now);
-                    if !loaded.is_some_and(|l| l.config == s.config && l.version == s.version) {
+                    if loaded.is_some_and(|l| l.config == s.config && l.version == s.version) {
+                        steps.push(Step::DeletePod(pod.name.clone()));
+                    } else {
                         steps.push(Step::RecordLoaded(s.clone()));
                         steps.push(Step::Event {
                             type_: EventType::Normal,
                             reason: "ModuleLoaded",
                             message: format!("Module {key} loaded into the kernel"),
                         });
+                        recorded = Some(s);
                     }
-                    recorded = Some(s);
-                    steps.push(Step::DeletePod(pod.name.clone()));
                 }
                 (PodPhase::Succeeded, Action::Unload) => {
-                    if loaded.is_some() || status.is_some() {
-                        steps.push(Step::ForgetStatus(key.clone()));
+                    if let Some(l) = loaded {
+                        steps.push(Step::ForgetStatus(key_of_status(l)));
+                        steps.push(Step::Event {
+                            type_: EventType::Normal,
+                            reason: "ModuleUnloaded",
+                            message: format!("Module {key} unloaded from the kernel"),
+                        });
+                    } else {
+                        steps.push(Step::DeletePod(pod.name.clone()));
                     }
-                    steps.push(Step::Event {
-                        type_: EventType::Normal,
-                        reason: "ModuleUnloaded",
-                        message: format!("Module {key} unloaded from the kernel"),
-                    });
                     loaded = None;
-                    steps.push(Step::DeletePod(pod.name.clone()));
                 }
                 (PodPhase::Succeeded, Action::Load) => steps.push(Step::DeletePod(pod.name.clone())),
                 (PodPhase::Failed { message, finished_at }, action) => {
@@ -315,7 +319,7 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
                     if !still_wanted {
                         steps.push(Step::DeletePod(pod.name.clone()));
                     } else if elapsed >= delay {
-                        steps.push(Step::DeletePod(pod.name.clone()));
+                        // The failed pod goes once the retry shows up (it sorts first then).
                         steps.push(Step::CreatePod {
                             action,
                             entry: pod.entry.clone(),
@@ -510,7 +514,7 @@ mod tests {
         assert_eq!(plan(&n, &[e.clone()], &[], &[running], &[], 0), []);
         let done = pod(Action::Load, &e, "b1", PodPhase::Succeeded);
         assert_eq!(
-            plan(&n, &[e.clone()], &[], &[done], &[], 7),
+            plan(&n, &[e.clone()], &[], std::slice::from_ref(&done), &[], 7),
             [
                 labels(&[(READY, Some(""))]),
                 Step::RecordLoaded(status_from(&e, "b1", ts(7))),
@@ -519,10 +523,14 @@ mod tests {
                     reason: "ModuleLoaded",
                     message: "Module ns/m loaded into the kernel".into()
                 },
-                Step::DeletePod("w-load".into()),
             ]
         );
+        // The pod goes once the status it led to is in the cache, and only then.
         let n = node(K1, "b1", &[(READY, "")]);
+        assert_eq!(
+            plan(&n, &[e.clone()], &[loaded(&e, "b1")], &[done], &[], 8),
+            [Step::DeletePod("w-load".into())]
+        );
         assert_eq!(plan(&n, &[e.clone()], &[loaded(&e, "b1")], &[], &[], 9), []);
     }
 
@@ -553,7 +561,7 @@ mod tests {
         );
         let done = pod(Action::Unload, &e, "b1", PodPhase::Succeeded);
         assert_eq!(
-            plan(&n, &[], &st, &[done], &[], 0),
+            plan(&n, &[], &st, std::slice::from_ref(&done), &[], 0),
             [
                 Step::ForgetStatus(ModuleKey::new("ns", "m")),
                 Step::Event {
@@ -561,8 +569,12 @@ mod tests {
                     reason: "ModuleUnloaded",
                     message: "Module ns/m unloaded from the kernel".into()
                 },
-                Step::DeletePod("w-unload".into()),
             ]
+        );
+        // Once the cache has the status without it, the pod goes.
+        assert_eq!(
+            plan(&n, &[], &[], &[done], &[], 1),
+            [Step::DeletePod("w-unload".into())]
         );
     }
 
@@ -579,6 +591,48 @@ mod tests {
                 attempt: 0
             }]
         );
+        // Unloaded: forget it and load the new one; the unload pod stays until the status is
+        // in the cache.
+        let unloaded = pod(Action::Unload, &old, "b1", PodPhase::Succeeded);
+        assert_eq!(
+            plan(
+                &n,
+                &[new.clone()],
+                &[loaded(&old, "b1")],
+                std::slice::from_ref(&unloaded),
+                &[],
+                1
+            ),
+            [
+                Step::ForgetStatus(ModuleKey::new("ns", "m")),
+                Step::Event {
+                    type_: EventType::Normal,
+                    reason: "ModuleUnloaded",
+                    message: "Module ns/m unloaded from the kernel".into()
+                },
+                Step::CreatePod {
+                    action: Action::Load,
+                    entry: new.clone(),
+                    attempt: 0
+                },
+            ]
+        );
+        // The load in flight is what counts; the finished unload pod goes.
+        let loading = pod(Action::Load, &new, "b1", PodPhase::InFlight);
+        for status in [vec![], vec![loaded(&old, "b1")]] {
+            assert_eq!(
+                plan(
+                    &n,
+                    &[new.clone()],
+                    &status,
+                    &[unloaded.clone(), loading.clone()],
+                    &[],
+                    2
+                ),
+                [Step::DeletePod("w-unload".into())],
+                "status {status:?}"
+            );
+        }
     }
 
     #[test]
@@ -664,15 +718,21 @@ mod tests {
         failed.reported = true;
         assert_eq!(
             plan(&n, &[e.clone()], &[], &[failed.clone()], &[], 10),
-            [
-                Step::DeletePod("w-load".into()),
-                Step::CreatePod {
-                    action: Action::Load,
-                    entry: e.clone(),
-                    attempt: 1
-                },
-            ]
+            [Step::CreatePod {
+                action: Action::Load,
+                entry: e.clone(),
+                attempt: 1
+            }]
         );
+        // The failed pod goes once the retry is in the cache; nothing else starts meanwhile.
+        let mut retry = pod(Action::Load, &e, "b1", PodPhase::InFlight);
+        retry.name = "w-load-1".into();
+        retry.attempt = 1;
+        assert_eq!(
+            plan(&n, &[e.clone()], &[], &[failed.clone(), retry.clone()], &[], 11),
+            [Step::DeletePod("w-load".into())]
+        );
+        assert_eq!(plan(&n, &[e.clone()], &[], &[retry], &[], 12), []);
         failed.attempt = 9;
         assert_eq!(backoff(9), Duration::from_secs(300));
         assert_eq!(
