@@ -15,6 +15,13 @@ use serde::{Deserialize, Serialize};
 /// Default directory inside the kmod image under which `lib/modules/<kernel>` is searched.
 pub const DEFAULT_DIR_NAME: &str = "/opt";
 
+/// The kubelet's device plugin directory, which the operator mounts into every device plugin
+/// container for its socket.
+pub const KUBELET_DEVICE_PLUGINS_DIR: &str = "/var/lib/kubelet/device-plugins";
+
+/// Name of the device plugin pods' volume for [`KUBELET_DEVICE_PLUGINS_DIR`], reserved.
+pub const KUBELET_DEVICE_PLUGINS_VOLUME: &str = "kubelet-device-plugins";
+
 fn default_dir_name() -> String {
     DEFAULT_DIR_NAME.to_owned()
 }

@@ -12,7 +12,10 @@ use regex::Regex;
 use crate::image::{ImageRef, check_reference};
 use crate::labels;
 use crate::mcm::ManagedClusterModule;
-use crate::module::{Build, ModprobeArgs, Module, ModuleLoaderContainerSpec, ModuleSpec, Sign};
+use crate::module::{
+    Build, DevicePluginSpec, KUBELET_DEVICE_PLUGINS_DIR, KUBELET_DEVICE_PLUGINS_VOLUME, ModprobeArgs, Module,
+    ModuleLoaderContainerSpec, ModuleSpec, Sign,
+};
 use crate::preflight::PreflightValidation;
 use crate::vars::check_references;
 
@@ -236,12 +239,64 @@ fn module_spec(e: &mut Errors, root: &str, name: &str, namespace: &str, spec: &M
             &format!("{at}.serviceAccountName"),
             dp.service_account_name.as_deref(),
         );
+        device_plugin_volumes(e, &at, dp);
     }
     if let Err(err) = labels::module_node_label_keys(namespace, name, spec.device_plugin.is_some(), versioned) {
         e.push(
             "metadata.name",
             format!("name {name:?} in namespace {namespace:?} is too long for the node labels KMM sets: {err}"),
         );
+    }
+}
+
+/// The volumes and mounts of the device plugin pod, which the API server would otherwise refuse
+/// only when the DaemonSet is applied, far from the Module.
+fn device_plugin_volumes(e: &mut Errors, at: &str, dp: &DevicePluginSpec) {
+    let mut names = HashSet::from([KUBELET_DEVICE_PLUGINS_VOLUME]);
+    for (i, v) in dp.volumes.iter().enumerate() {
+        let field = format!("{at}.volumes[{i}].name");
+        if v.name == KUBELET_DEVICE_PLUGINS_VOLUME {
+            e.push(
+                field,
+                format!(
+                    "{:?} is reserved: the operator adds that volume for {KUBELET_DEVICE_PLUGINS_DIR}",
+                    v.name
+                ),
+            );
+        } else if let Err(r) = labels::check_dns_label(&v.name) {
+            e.push(field, format!("{:?} is not a valid volume name: it {r}", v.name));
+        } else if !names.insert(&v.name) {
+            e.push(field, format!("{:?} is used by another volume", v.name));
+        }
+    }
+    let containers = [
+        ("container", Some(&dp.container)),
+        ("initContainer", dp.init_container.as_ref()),
+    ];
+    for (which, c) in containers {
+        let Some(c) = c else { continue };
+        let mut paths = HashSet::new();
+        for (i, m) in c.volume_mounts.iter().enumerate() {
+            let field = format!("{at}.{which}.volumeMounts[{i}]");
+            if !names.contains(m.name.as_str()) {
+                e.push(
+                    format!("{field}.name"),
+                    format!("no volume {:?} in {at}.volumes", m.name),
+                );
+            }
+            let path = m.mount_path.trim_end_matches('/');
+            if which == "container" && path == KUBELET_DEVICE_PLUGINS_DIR {
+                e.push(
+                    format!("{field}.mountPath"),
+                    format!("the operator already mounts {KUBELET_DEVICE_PLUGINS_DIR} into the device plugin container; remove this mount"),
+                );
+            } else if !paths.insert(path) {
+                e.push(
+                    format!("{field}.mountPath"),
+                    format!("{:?} is mounted twice in this container", m.mount_path),
+                );
+            }
+        }
     }
 }
 
@@ -508,6 +563,83 @@ mod tests {
     }
 
     const C: &str = "spec.moduleLoader.container";
+
+    #[test]
+    fn device_plugin_volumes_and_mounts() {
+        use crate::module::{DevicePluginContainerSpec, DevicePluginSpec};
+        use k8s_openapi::api::core::v1::{Volume, VolumeMount};
+        let vol = |n: &str| Volume {
+            name: n.into(),
+            ..Default::default()
+        };
+        let mnt = |n: &str, p: &str| VolumeMount {
+            name: n.into(),
+            mount_path: p.into(),
+            ..Default::default()
+        };
+        let with = |volumes: Vec<Volume>, mounts: Vec<VolumeMount>, init: Vec<VolumeMount>| {
+            let mut m = module("a", "ns");
+            m.spec.device_plugin = Some(DevicePluginSpec {
+                container: DevicePluginContainerSpec {
+                    image: "registry.example/plugin:1".into(),
+                    volume_mounts: mounts,
+                    ..Default::default()
+                },
+                init_container: Some(DevicePluginContainerSpec {
+                    image: "registry.example/init:1".into(),
+                    volume_mounts: init,
+                    ..Default::default()
+                }),
+                volumes,
+                ..Default::default()
+            });
+            m
+        };
+        const DP: &str = "spec.devicePlugin";
+        // Its own volumes, and the operator's socket volume in the init container, are fine.
+        validate_module(&with(
+            vec![vol("conf")],
+            vec![mnt("conf", "/etc/plugin")],
+            vec![mnt("kubelet-device-plugins", "/sockets"), mnt("conf", "/etc/plugin")],
+        ))
+        .unwrap();
+        let cases = [
+            (
+                with(vec![vol("kubelet-device-plugins")], vec![], vec![]),
+                format!("{DP}.volumes[0].name"),
+                "reserved",
+            ),
+            (
+                with(vec![vol("conf"), vol("conf")], vec![], vec![]),
+                format!("{DP}.volumes[1].name"),
+                "used by another volume",
+            ),
+            (
+                with(vec![], vec![mnt("conf", "/etc/plugin")], vec![]),
+                format!("{DP}.container.volumeMounts[0].name"),
+                "no volume \"conf\"",
+            ),
+            (
+                with(
+                    vec![vol("host")],
+                    vec![mnt("host", "/var/lib/kubelet/device-plugins/")],
+                    vec![],
+                ),
+                format!("{DP}.container.volumeMounts[0].mountPath"),
+                "already mounts /var/lib/kubelet/device-plugins",
+            ),
+            (
+                with(vec![vol("a"), vol("b")], vec![], vec![mnt("a", "/x"), mnt("b", "/x/")]),
+                format!("{DP}.initContainer.volumeMounts[1].mountPath"),
+                "mounted twice",
+            ),
+        ];
+        for (m, field, reason) in cases {
+            let err = only_error(&m);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.reason.contains(reason), "{err}");
+        }
+    }
 
     #[test]
     fn a_plain_module_is_valid() {

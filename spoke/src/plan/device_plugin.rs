@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use shared_api::labels;
-use shared_api::module::{DevicePluginContainerSpec, Module};
+use shared_api::module::{
+    DevicePluginContainerSpec, KUBELET_DEVICE_PLUGINS_DIR, KUBELET_DEVICE_PLUGINS_VOLUME, Module,
+};
 
 use super::ModuleKey;
 
@@ -21,9 +23,6 @@ pub const APP: &str = "kmm-device-plugin";
 pub const MODULE_NAMESPACE_ANNOTATION: &str = "kmm.node.kubernetes.io/module-namespace";
 /// Annotation on device plugin pods naming their Module.
 pub const MODULE_NAME_ANNOTATION: &str = "kmm.node.kubernetes.io/module-name";
-/// Where kubelet expects device plugins' sockets.
-pub const KUBELET_DEVICE_PLUGINS: &str = "/var/lib/kubelet/device-plugins";
-
 /// Name of the Module's DaemonSet.
 pub fn name(module: &str) -> String {
     format!("{module}-device-plugin")
@@ -71,16 +70,16 @@ pub fn render(module: &Module, owner: OwnerReference, default_sa: Option<&str>) 
     ]);
     let mut volumes = dp.volumes.clone();
     volumes.push(Volume {
-        name: "kubelet-device-plugins".into(),
+        name: KUBELET_DEVICE_PLUGINS_VOLUME.into(),
         host_path: Some(HostPathVolumeSource {
-            path: KUBELET_DEVICE_PLUGINS.into(),
+            path: KUBELET_DEVICE_PLUGINS_DIR.into(),
             type_: Some("Directory".into()),
         }),
         ..Default::default()
     });
     let socket_mount = VolumeMount {
-        name: "kubelet-device-plugins".into(),
-        mount_path: KUBELET_DEVICE_PLUGINS.into(),
+        name: KUBELET_DEVICE_PLUGINS_VOLUME.into(),
+        mount_path: KUBELET_DEVICE_PLUGINS_DIR.into(),
         ..Default::default()
     };
     Some(DaemonSet {
@@ -190,7 +189,7 @@ mod tests {
         );
         assert_eq!(sel.len(), 2);
         let mounts = spec.containers[0].volume_mounts.as_ref().unwrap();
-        assert_eq!(mounts[0].mount_path, KUBELET_DEVICE_PLUGINS);
+        assert_eq!(mounts[0].mount_path, KUBELET_DEVICE_PLUGINS_DIR);
     }
 
     #[test]
