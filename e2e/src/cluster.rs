@@ -252,6 +252,60 @@ impl KubeCluster {
         )
     }
 
+    /// A kubeconfig with the admin's credentials that impersonates the ServiceAccount `ns/name`
+    /// with the groups Kubernetes gives ServiceAccounts: what a pod running as that
+    /// ServiceAccount would be allowed, no more. Written to `<dir>/<ns>-<name>.kubeconfig`.
+    pub fn impersonating_kubeconfig(&self, ns: &str, name: &str) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(&self.admin_kubeconfig)?;
+        let mut kc: Value = serde_saphyr::from_str(&text).context("parsing the admin kubeconfig")?;
+        let users = kc["users"].as_array_mut().context("kubeconfig without users")?;
+        anyhow::ensure!(users.len() == 1, "expected one user in the admin kubeconfig");
+        let user = users[0]["user"].as_object_mut().context("kubeconfig user")?;
+        user.insert("as".into(), json!(format!("system:serviceaccount:{ns}:{name}")));
+        user.insert(
+            "as-groups".into(),
+            json!([
+                "system:serviceaccounts",
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated"
+            ]),
+        );
+        let path = self.dir.join(format!("{ns}-{name}.kubeconfig"));
+        // JSON is YAML: kubectl and kube-rs read it alike.
+        std::fs::write(&path, serde_json::to_string_pretty(&kc)?)?;
+        Ok(path)
+    }
+
+    /// Points every webhook of the ValidatingWebhookConfiguration `name` (as a manifest wrote
+    /// it, with a Service reference) at `https://127.0.0.1:<port><its service path>`, trusting
+    /// `ca_pem`: an operator running on loopback instead of behind its Service. Rules, paths and
+    /// policies stay as they were.
+    pub async fn point_webhooks_at(&self, name: &str, port: u16, ca_pem: &str) -> Result<()> {
+        use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration, WebhookClientConfig};
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
+        let mut vwc = api.get(name).await?;
+        let webhooks = vwc.webhooks.as_mut().filter(|w| !w.is_empty());
+        let webhooks = webhooks.with_context(|| format!("{name} has no webhooks"))?;
+        for w in webhooks {
+            let path = w
+                .client_config
+                .service
+                .as_ref()
+                .and_then(|s| s.path.clone())
+                .with_context(|| format!("{name}: webhook {} has no service path", w.name))?;
+            w.client_config = WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{port}{path}")),
+                // Serialised as base64, as caBundle wants.
+                ca_bundle: Some(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec())),
+                service: None,
+            };
+        }
+        api.replace(name, &PostParams::default(), &vwc)
+            .await
+            .with_context(|| format!("{}: pointing the webhooks of {name} at 127.0.0.1:{port}", self.name))?;
+        Ok(())
+    }
+
     /// Create fake nodes and wait until KWOK has made them Ready.
     pub async fn add_nodes(&self, nodes: &[NodeSpec]) -> Result<()> {
         let api: Api<Node> = Api::all(self.client.clone());

@@ -4,6 +4,15 @@
 //! harness pushes what kaniko would; KWOK completes the pod), signs in process, pins digests
 //! and sends ManifestWorks; the spokes load the Modules on KWOK nodes and the status comes back.
 //!
+//! `kmm-hub` runs as the manifests' ServiceAccount (`manifests/hub/namespace.yaml` and
+//! `rbac.yaml` applied as an administrator would, the binary given a kubeconfig impersonating
+//! `system:serviceaccount:kmm-hub:kmm-hub`), with the configuration file of the manifest's
+//! ConfigMap (leader election, webhook, authenticated metrics; only addresses moved to loopback),
+//! and its ManagedClusterModule webhook registered with the hub's API server from
+//! `manifests/hub/webhook.yaml`. So the whole scenario proves the hub's RBAC sufficient, a log
+//! without "forbidden" shows nothing was refused on the way, and requests outside the role are
+//! refused; every MCM the trials create passes the real webhook, and bad ones are refused by it.
+//!
 //! The trials run one after the other on one fleet (`--test-threads` is forced to 1).
 
 use std::future::Future;
@@ -32,7 +41,14 @@ use shared_api::ocm::{ManagedCluster, ManifestWork};
 const K1: &str = "6.1.0-56-amd64";
 const K2: &str = "6.1.0-57-amd64";
 const K3: &str = "6.1.0-58-amd64";
+/// The hub's namespace and ServiceAccount, as in manifests/hub.
 const HUB_NS: &str = "kmm-hub";
+const HUB_SA: &str = "kmm-hub";
+/// The leader election Lease of manifests/hub/config.yaml.
+const HUB_LEASE: &str = "kmm-hub.sigs.x-k8s.io";
+const HUB_POD: &str = "kmm-hub-controller-e2e";
+/// The ValidatingWebhookConfiguration of manifests/hub/webhook.yaml.
+const HUB_VWC: &str = "kmm-hub-validating-webhook-configuration";
 const SPOKE_NS: &str = "kmm-ci";
 const USER: &str = "kmm";
 const PASS: &str = "e2e-password";
@@ -45,6 +61,12 @@ struct Env {
     fleet: Fleet,
     fixtures: Arc<Fixtures>,
     tmp: PathBuf,
+    kubectl: PathBuf,
+    /// A client acting as the hub's ServiceAccount (what kmm-hub runs as).
+    hub_sa: Client,
+    hub_log: PathBuf,
+    /// kmm-hub's /metrics (HTTPS, TokenReview and SubjectAccessReview as the manifest configures).
+    hub_metrics_port: u16,
     _executor: StandInExecutor,
 }
 
@@ -82,6 +104,46 @@ fn our_binary(name: &str) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn manifests(sub: &str) -> PathBuf {
+    repo().join("manifests").join(sub)
+}
+
+/// The configuration file inside a manifest's ConfigMap, parsed.
+fn manifest_config(file: &str, name: &str) -> Result<Value> {
+    let cm: Value = serde_saphyr::from_str(&std::fs::read_to_string(manifests(file))?)?;
+    ensure!(
+        cm["kind"] == "ConfigMap" && cm["metadata"]["name"] == name,
+        "{file}: not ConfigMap {name}"
+    );
+    let text = cm["data"]["controller_config.yaml"]
+        .as_str()
+        .context("no controller_config.yaml in the ConfigMap")?;
+    Ok(serde_saphyr::from_str(text)?)
+}
+
+/// Runs kubectl against `kubeconfig`; fails with its output unless it exits 0.
+async fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(kubectl)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .await
+        .context("running kubectl")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}{}",
+        args.join(" "),
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
 }
 
 fn registry_auth() -> RegistryAuth {
@@ -135,13 +197,28 @@ async fn start() -> Result<Env> {
     std::fs::create_dir_all(tmp.join("kmods"))?;
     let fixtures = Arc::new(Fixtures::build(&tmp.join("kmods"))?);
     let fleet = Fleet::start(spec()).await?;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let repo = repo();
+    let kubectl_bin = fleet.bins.path("kubectl");
     let registry = fleet.registry.as_ref().context("fleet without registry")?;
     let pull = dockerconfigjson(&registry.host);
 
-    // Hub: our CRDs, the namespace, the registry, signing and Dockerfile objects.
+    // Hub: our CRDs, the manifests' Namespace and RBAC (applied as an administrator would), the
+    // registry, signing and Dockerfile objects.
     fleet.hub.install_crds(&repo.join("manifests/crds")).await?;
-    fleet.hub.ensure_namespace(HUB_NS).await?;
+    kubectl(
+        &kubectl_bin,
+        &fleet.hub.admin_kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            &manifests("hub/namespace.yaml").display().to_string(),
+            "-f",
+            &manifests("hub/rbac.yaml").display().to_string(),
+        ],
+    )
+    .await
+    .context("applying manifests/hub/{namespace,rbac}.yaml")?;
     let hub = fleet.hub_client();
     let secrets: Api<Secret> = Api::namespaced(hub.clone(), HUB_NS);
     create(
@@ -240,22 +317,42 @@ async fn start() -> Result<Env> {
         )?;
         ready_ports.push(health);
     }
+    // kmm-hub as its ServiceAccount, with the configuration file of the manifest's ConfigMap
+    // (only the addresses moved to loopback ports and the certificate directory to ours).
     let hub_bin = our_binary("kmm-hub")?;
-    let health = e2e::net::free_port()?;
-    let metrics = e2e::net::free_port()?;
-    fleet.spawn(
+    let (health, webhook, metrics) = (e2e::net::free_port()?, e2e::net::free_port()?, e2e::net::free_port()?);
+    let certs = tmp.join("hub-webhook-certs");
+    std::fs::create_dir_all(&certs)?;
+    let ca = e2e::certs::Ca::new("kmm-e2e-hub-webhook-ca")?;
+    let serving = ca.server(
+        "kmm-hub-webhook-service",
+        &["127.0.0.1", "kmm-hub-webhook-service.kmm-hub.svc"],
+    )?;
+    e2e::certs::write(&certs.join("tls.crt"), &serving.cert_pem)?;
+    e2e::certs::write(&certs.join("tls.key"), &serving.key_pem)?;
+    let mut config = manifest_config("hub/config.yaml", "kmm-hub-manager-config")?;
+    config["healthProbeBindAddress"] = json!(format!("127.0.0.1:{health}"));
+    config["webhook"]["host"] = json!("127.0.0.1");
+    config["webhook"]["port"] = json!(webhook);
+    config["webhook"]["certDir"] = json!(certs.display().to_string());
+    config["metrics"]["bindAddress"] = json!(format!("127.0.0.1:{metrics}"));
+    let config_file = tmp.join("hub_controller_config.yaml");
+    std::fs::write(&config_file, serde_json::to_string_pretty(&config)?)?;
+    let sa_kubeconfig = fleet.hub.impersonating_kubeconfig(HUB_NS, HUB_SA)?;
+    let hub_sa = e2e::cluster::client_from_kubeconfig(&sa_kubeconfig).await?;
+    let hub_log = fleet.spawn(
         Spawn::new("kmm-hub", &hub_bin)
             .args([
                 "run",
+                "--config",
+                &config_file.display().to_string(),
+                "--webhook=on",
                 &format!("--namespace={HUB_NS}"),
-                "--webhook=off",
-                "--leader-elect=false",
                 "--registry-timeout=5s",
                 "--build-image=kaniko-executor:e2e",
-                &format!("--health-probe-bind-address=127.0.0.1:{health}"),
-                &format!("--metrics-bind-address=127.0.0.1:{metrics}"),
             ])
-            .env("KUBECONFIG", fleet.hub.admin_kubeconfig.display().to_string())
+            .env("POD_NAME", HUB_POD)
+            .env("KUBECONFIG", sa_kubeconfig.display().to_string())
             .env(
                 "RUST_LOG",
                 std::env::var("KMM_E2E_HUB_LOG").unwrap_or_else(|_| "info,kmm_hub=debug".into()),
@@ -277,11 +374,31 @@ async fn start() -> Result<Env> {
         )
         .await?;
     }
+    // The manifest's webhook configuration reaches the Service in the cluster; this kmm-hub runs
+    // on loopback, so its webhook gets its URL there, with our CA. Rules, path and policies stay
+    // as the manifest wrote them.
+    kubectl(
+        &kubectl_bin,
+        &fleet.hub.admin_kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            &manifests("hub/webhook.yaml").display().to_string(),
+        ],
+    )
+    .await
+    .context("applying manifests/hub/webhook.yaml")?;
+    fleet.hub.point_webhooks_at(HUB_VWC, webhook, &ca.cert_pem).await?;
     let executor = StandInExecutor::start(hub, HUB_NS, fixtures.clone(), registry_auth());
     Ok(Env {
         fleet,
         fixtures,
         tmp,
+        kubectl: kubectl_bin,
+        hub_sa,
+        hub_log,
+        hub_metrics_port: metrics,
         _executor: executor,
     })
 }
@@ -299,9 +416,14 @@ async fn http_get(port: u16, path: &str) -> Result<String> {
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
+    // In this order: the log check comes after the scenario it judges.
     let tests = tests![
+        mcm_webhook_refuses_bad_specs_naming_the_field,
         build_sign_pin_load_extend_relabel_delete,
-        failures_end_in_a_clear_status
+        failures_end_in_a_clear_status,
+        hub_service_account_is_refused_outside_its_role,
+        hub_metrics_need_a_token_allowed_to_read_them,
+        hub_log_shows_no_forbidden_request,
     ];
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
@@ -826,5 +948,244 @@ async fn failures_end_in_a_clear_status(env: Arc<Env>) -> Result<()> {
         mcms.delete(name, &DeleteParams::default()).await?;
     }
     label_cluster(env, "spoke-a", SELECT_FAIL, None).await?;
+    Ok(())
+}
+
+/// `kubectl apply --server-side` of `obj` as the hub's administrator (a user, as an
+/// administrator submits MCMs), through a file as a user would.
+async fn apply_as_admin(env: &Env, file: &str, obj: &Value) -> Result<String> {
+    let path = env.tmp.join(file);
+    std::fs::write(&path, serde_json::to_string_pretty(obj)?)?;
+    kubectl(
+        &env.kubectl,
+        &env.fleet.hub.admin_kubeconfig,
+        &["apply", "--server-side", "-f", &path.display().to_string()],
+    )
+    .await
+}
+
+fn is_forbidden<T: std::fmt::Debug>(r: &Result<T, kube::Error>) -> bool {
+    matches!(r, Err(kube::Error::Api(s)) if s.code == 403)
+}
+
+async fn mcm_webhook_refuses_bad_specs_naming_the_field(env: Arc<Env>) -> Result<()> {
+    let env = env.as_ref();
+    let name = "t-webhook";
+    // Selects no cluster: the webhook is what this is about.
+    let good = |spoke_ns: &str, regexp: &str| {
+        json!({
+            "apiVersion": "hub.kmm.sigs.x-k8s.io/v1beta1",
+            "kind": "ManagedClusterModule",
+            "metadata": {"name": name},
+            "spec": {
+                "spokeNamespace": spoke_ns,
+                "selector": {"kmm-e2e-webhook": "yes"},
+                "moduleSpec": {
+                    "selector": {NODE_LABEL: "yes"},
+                    "moduleLoader": {"container": {
+                        "modprobe": {"moduleName": "kmm_ci_a"},
+                        "kernelMappings": [{"regexp": regexp, "containerImage": "registry.e2e.invalid/kmm-ci:v1"}],
+                    }},
+                }
+            }
+        })
+    };
+    let denied = "admission webhook \"vmanagedclustermodule.kb.io\" denied the request";
+    // Both pass the CRD's schema; the webhook refuses them, naming the field.
+    for (file, obj, field) in [
+        (
+            "mcm-bad-regexp.yaml",
+            good(SPOKE_NS, "^(6\\.1"),
+            "spec.moduleSpec.moduleLoader.container.kernelMappings[0].regexp",
+        ),
+        ("mcm-bad-namespace.yaml", good("Bad_NS", "^6\\."), "spec.spokeNamespace"),
+    ] {
+        let err = apply_as_admin(env, file, &obj)
+            .await
+            .err()
+            .with_context(|| format!("the API server accepted {file}"))?;
+        let text = format!("{err:#}");
+        ensure!(text.contains(denied) && text.contains(field), "{file}: {text}");
+    }
+    let mcms: Api<ManagedClusterModule> = Api::all(env.fleet.hub_client());
+    ensure!(
+        mcms.get_opt(name).await?.is_none(),
+        "a refused ManagedClusterModule was stored"
+    );
+
+    // A good one is admitted; moving it to another spoke namespace is not.
+    let out = apply_as_admin(env, "mcm-good.yaml", &good(SPOKE_NS, "^6\\.")).await?;
+    ensure!(out.contains("serverside-applied"), "{out}");
+    let err = apply_as_admin(env, "mcm-moved.yaml", &good("kmm-elsewhere", "^6\\."))
+        .await
+        .err()
+        .context("the API server let spokeNamespace change")?;
+    let text = format!("{err:#}");
+    ensure!(
+        text.contains(denied) && text.contains("spec.spokeNamespace: cannot be changed"),
+        "{text}"
+    );
+    mcms.delete(name, &DeleteParams::default()).await?;
+    wait_for(env, &format!("MCM {name} gone"), 60, || {
+        let mcms = mcms.clone();
+        async move { Ok(mcms.get_opt(name).await?.is_none().then_some(())) }
+    })
+    .await
+}
+
+async fn hub_service_account_is_refused_outside_its_role(env: Arc<Env>) -> Result<()> {
+    let env = env.as_ref();
+    let c = env.hub_sa.clone();
+    // Sanity: the identity works where its role allows.
+    Api::<ManagedClusterModule>::all(c.clone())
+        .list(&ListParams::default())
+        .await
+        .context("the hub's ServiceAccount cannot list ManagedClusterModules")?;
+    Api::<Secret>::namespaced(c.clone(), HUB_NS)
+        .get("kmm-registry")
+        .await
+        .context("the hub's ServiceAccount cannot read a Secret in its namespace")?;
+    // The whole scenario ran as the leader (the manifest's configuration elects one).
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(env.fleet.hub_client(), HUB_NS)
+        .get(HUB_LEASE)
+        .await
+        .context("no leader Lease")?;
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    ensure!(holder.as_deref() == Some(HUB_POD), "Lease held by {holder:?}");
+
+    let intruder = secret("intruder", &[("x", b"y".to_vec())], None);
+    let refused = [
+        (
+            "create a Secret in default",
+            is_forbidden(
+                &Api::<Secret>::namespaced(c.clone(), "default")
+                    .create(&PostParams::default(), &intruder)
+                    .await,
+            ),
+        ),
+        (
+            "list Secrets in every namespace",
+            is_forbidden(&Api::<Secret>::all(c.clone()).list(&ListParams::default()).await),
+        ),
+        (
+            "delete a Secret in its own namespace",
+            is_forbidden(
+                &Api::<Secret>::namespaced(c.clone(), HUB_NS)
+                    .delete("kmm-registry", &DeleteParams::default())
+                    .await,
+            ),
+        ),
+        (
+            "label a ManagedCluster",
+            is_forbidden(
+                &Api::<ManagedCluster>::all(c.clone())
+                    .patch(
+                        "spoke-a",
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"labels": {"intruder": "yes"}}})),
+                    )
+                    .await,
+            ),
+        ),
+        (
+            "create a ManagedClusterModule",
+            is_forbidden(
+                &Api::<ManagedClusterModule>::all(c.clone())
+                    .create(
+                        &PostParams::default(),
+                        &mcm("intruder", SELECT, json!({"modprobe": {"moduleName": "x"}, "kernelMappings": [{"regexp": ".*", "containerImage": "r/x:1"}]}))?,
+                    )
+                    .await,
+            ),
+        ),
+        (
+            "delete a Node",
+            is_forbidden(
+                &Api::<Node>::all(c.clone())
+                    .delete("hub-builder", &DeleteParams::default())
+                    .await,
+            ),
+        ),
+    ];
+    let failed: Vec<&str> = refused.iter().filter(|(_, ok)| !ok).map(|(w, _)| *w).collect();
+    ensure!(failed.is_empty(), "the hub's ServiceAccount may {failed:?}");
+    Ok(())
+}
+
+/// The metrics endpoint checks scrapers' tokens with TokenReviews and SubjectAccessReviews made
+/// under the hub's ServiceAccount, as the manifest's ClusterRole allows.
+async fn hub_metrics_need_a_token_allowed_to_read_them(env: Arc<Env>) -> Result<()> {
+    let env = env.as_ref();
+    let k = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kubectl(&env.kubectl, &env.fleet.hub.admin_kubeconfig, &args).await
+    };
+    let ns = "t-monitoring";
+    env.fleet.hub.ensure_namespace(ns).await?;
+    for sa in ["prometheus", "stranger"] {
+        k(vec![
+            "-n".into(),
+            ns.into(),
+            "create".into(),
+            "serviceaccount".into(),
+            sa.into(),
+        ])
+        .await?;
+    }
+    // What an administrator does for the scraper: bind the manifest's metrics-reader role.
+    k(vec![
+        "create".into(),
+        "clusterrolebinding".into(),
+        "t-prometheus-kmm-hub-metrics".into(),
+        "--clusterrole=kmm-hub-metrics-reader".into(),
+        format!("--serviceaccount={ns}:prometheus"),
+    ])
+    .await?;
+    let token = |sa: &str| k(vec!["-n".into(), ns.into(), "create".into(), "token".into(), sa.into()]);
+    let allowed = token("prometheus").await?;
+    let stranger = token("stranger").await?;
+    let scrape = |token: Option<String>| async move {
+        let mut cfg = kube::Config::new(format!("https://127.0.0.1:{}", env.hub_metrics_port).parse()?);
+        // kmm-hub's metrics certificate is self-signed (metrics.certDir empty).
+        cfg.accept_invalid_certs = true;
+        let client = Client::try_from(cfg)?;
+        let mut req = http::Request::get("/metrics");
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {}", t.trim()));
+        }
+        Ok::<_, anyhow::Error>(client.request_text(req.body(Vec::new())?).await)
+    };
+    let body = scrape(Some(allowed))
+        .await?
+        .context("scraping with the reader's token")?;
+    ensure!(body.contains("kmm_hub_builds_total"), "no kmm-hub metrics in:\n{body}");
+    for (who, token, code) in [
+        ("no token", None, 401),
+        ("a token without the role", Some(stranger), 403),
+    ] {
+        match scrape(token).await? {
+            Err(kube::Error::Api(s)) if s.code == code => {}
+            other => bail!("scraping with {who}: expected HTTP {code}, got {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// The hub's log must not show a request the API server refused during the scenario.
+async fn hub_log_shows_no_forbidden_request(env: Arc<Env>) -> Result<()> {
+    let log = std::fs::read_to_string(&env.hub_log)?;
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
+        .take(5)
+        .collect();
+    ensure!(
+        refused.is_empty(),
+        "kmm-hub was refused requests under its ServiceAccount:\n{}",
+        refused.join("\n")
+    );
+    for line in ["acquired the leader lease", "serving admission webhooks"] {
+        ensure!(log.contains(line), "kmm-hub's log lacks {line:?}");
+    }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! - the real `kmm-spoke` runs as the manifests' ServiceAccount (a kubeconfig impersonating it)
 //!   through a whole scenario and the samples, which proves its RBAC sufficient; requests outside
 //!   its role are refused, which proves it tight; the hub's and the klusterlet's roles are checked
-//!   with `kubectl auth can-i`;
+//!   with `kubectl auth can-i` (the real `kmm-hub` runs under the hub's role through the fleet
+//!   scenario of `e2e/tests/hub.rs`);
 //! - the samples pass `kmm-hub validate` / `kmm-spoke validate`.
 
 use std::future::Future;
@@ -130,30 +131,6 @@ async fn can_i(env: &Env, cluster: &KubeCluster, user: &str, args: &[&str]) -> R
     }
 }
 
-/// A kubeconfig with the admin's credentials that impersonates the ServiceAccount `ns/name`
-/// with the groups Kubernetes gives ServiceAccounts: what the pod of the manifest's Deployment
-/// would be allowed, no more.
-fn impersonating_kubeconfig(cluster: &KubeCluster, ns: &str, name: &str) -> Result<PathBuf> {
-    let text = std::fs::read_to_string(&cluster.admin_kubeconfig)?;
-    let mut kc: Value = serde_saphyr::from_str(&text).context("parsing the admin kubeconfig")?;
-    let users = kc["users"].as_array_mut().context("kubeconfig without users")?;
-    ensure!(users.len() == 1, "expected one user in the admin kubeconfig");
-    let user = users[0]["user"].as_object_mut().context("kubeconfig user")?;
-    user.insert("as".into(), json!(format!("system:serviceaccount:{ns}:{name}")));
-    user.insert(
-        "as-groups".into(),
-        json!([
-            "system:serviceaccounts",
-            format!("system:serviceaccounts:{ns}"),
-            "system:authenticated"
-        ]),
-    );
-    let path = cluster.dir.join(format!("{ns}-{name}.kubeconfig"));
-    // JSON is YAML: kubectl and kube-rs read it alike.
-    std::fs::write(&path, serde_json::to_string_pretty(&kc)?)?;
-    Ok(path)
-}
-
 /// `kubectl apply -k dir --server-side` as the cluster admin; returns what kubectl printed.
 async fn apply_k(kubectl_bin: &Path, cluster: &KubeCluster, dir: &str) -> Result<String> {
     let path = manifests(dir);
@@ -230,7 +207,7 @@ async fn start() -> Result<Env> {
     let config_file = spoke.dir.join("controller_config.yaml");
     std::fs::write(&config_file, serde_json::to_string_pretty(&config)?)?;
 
-    let sa_kubeconfig = impersonating_kubeconfig(&spoke, SPOKE_NS, SPOKE_SA)?;
+    let sa_kubeconfig = spoke.impersonating_kubeconfig(SPOKE_NS, SPOKE_SA)?;
     let spoke_sa = e2e::cluster::client_from_kubeconfig(&sa_kubeconfig).await?;
     let binary = our_binary("kmm-spoke")?;
     let spoke_log = sup.spawn(
@@ -257,14 +234,9 @@ async fn start() -> Result<Env> {
     // The manifest's webhook configuration reaches the Service in the cluster; this kmm-spoke
     // runs on loopback, so each webhook gets its URL there, with our CA. Rules, paths and
     // policies stay as the manifest wrote them.
-    register_webhooks(
-        &kubectl_bin,
-        &spoke,
-        "kmm-operator-validating-webhook-configuration",
-        webhook,
-        &ca.cert_pem,
-    )
-    .await?;
+    spoke
+        .point_webhooks_at("kmm-operator-validating-webhook-configuration", webhook, &ca.cert_pem)
+        .await?;
     Ok(Env {
         hub,
         spoke,
@@ -288,49 +260,6 @@ fn manifest_config(file: &str, name: &str) -> Result<Value> {
         .as_str()
         .context("no controller_config.yaml in the ConfigMap")?;
     Ok(serde_saphyr::from_str(text)?)
-}
-
-/// Points every webhook of the configuration `name` at `https://127.0.0.1:<port><its path>`.
-async fn register_webhooks(
-    kubectl_bin: &Path,
-    cluster: &KubeCluster,
-    name: &str,
-    port: u16,
-    ca_pem: &str,
-) -> Result<()> {
-    use base64::Engine as _;
-    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(cluster.client.clone());
-    let vwc = api.get(name).await?;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let mut ops = Vec::new();
-    for (i, w) in vwc.webhooks.unwrap_or_default().iter().enumerate() {
-        let path = w
-            .client_config
-            .service
-            .as_ref()
-            .and_then(|s| s.path.clone())
-            .with_context(|| format!("{name}: webhook {} has no service path", w.name))?;
-        ops.push(json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
-            "value": {"url": format!("https://127.0.0.1:{port}{path}"), "caBundle": ca}}));
-    }
-    ensure!(!ops.is_empty(), "{name} has no webhooks");
-    let patch = serde_json::to_string(&ops)?;
-    kubectl(
-        kubectl_bin,
-        &cluster.admin_kubeconfig,
-        &[
-            "patch",
-            "validatingwebhookconfiguration",
-            name,
-            "--type=json",
-            "-p",
-            &patch,
-        ],
-    )
-    .await
-    .with_context(|| format!("registering the webhooks of {name}"))?;
-    Ok(())
 }
 
 async fn http_get(port: u16, path: &str) -> Result<String> {
