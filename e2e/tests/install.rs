@@ -11,6 +11,7 @@
 //!   scenario of `e2e/tests/hub.rs`);
 //! - the samples pass `kmm-hub validate` / `kmm-spoke validate`.
 
+use e2e::testkit::{http_get, kubectl, manifest_config, manifests, our_binary, repo};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -64,49 +65,6 @@ macro_rules! tests {
     ($($name:ident),* $(,)?) => {
         vec![$((stringify!($name), (|e| Box::pin($name(e))) as TestFn)),*]
     };
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn manifests(sub: &str) -> PathBuf {
-    repo().join("manifests").join(sub)
-}
-
-/// Our own binaries sit next to the test executable's `deps/` directory.
-fn our_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target directory")?;
-    let path = dir.join(name);
-    ensure!(
-        path.exists(),
-        "{} not found: build it first with `cargo build --workspace --bins`",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// Runs kubectl against `kubeconfig`; fails with its output unless it exits 0.
-async fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new(kubectl)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .await
-        .context("running kubectl")?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "kubectl {}: {}{}",
-        args.join(" "),
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
 }
 
 /// `kubectl auth can-i` as `user`: true for "yes", false for "no" (which kubectl reports with
@@ -247,29 +205,6 @@ async fn start() -> Result<Env> {
         metrics_port: metrics,
         sup,
     })
-}
-
-/// The configuration file inside a manifest's ConfigMap, parsed.
-fn manifest_config(file: &str, name: &str) -> Result<Value> {
-    let cm: Value = serde_saphyr::from_str(&std::fs::read_to_string(manifests(file))?)?;
-    ensure!(
-        cm["kind"] == "ConfigMap" && cm["metadata"]["name"] == name,
-        "{file}: not ConfigMap {name}"
-    );
-    let text = cm["data"]["controller_config.yaml"]
-        .as_str()
-        .context("no controller_config.yaml in the ConfigMap")?;
-    Ok(serde_saphyr::from_str(text)?)
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 fn main() -> ExitCode {
@@ -779,7 +714,7 @@ async fn hub_service_account_can_do_its_work_and_no_more(env: Arc<Env>) -> Resul
         ),
         (&["create", "pods", "-n", HUB_NS], true),
         (&["get", "secrets", "-n", HUB_NS], true),
-        (&["watch", "configmaps", "-n", HUB_NS], true),
+        (&["get", "configmaps", "-n", HUB_NS], true),
         (&["update", "leases.coordination.k8s.io", "-n", HUB_NS], true),
         (&["create", "events.events.k8s.io", "-n", "default"], true),
         (&["create", "tokenreviews.authentication.k8s.io"], true),
@@ -792,6 +727,18 @@ async fn hub_service_account_can_do_its_work_and_no_more(env: Arc<Env>) -> Resul
         (&["list", "secrets", "--all-namespaces"], false),
         (&["create", "pods", "-n", "default"], false),
         (&["update", "secrets", "-n", HUB_NS], false),
+        (&["list", "secrets", "-n", HUB_NS], false),
+        (&["watch", "configmaps", "-n", HUB_NS], false),
+        (&["update", "managedclustermodules.hub.kmm.sigs.x-k8s.io"], false),
+        (
+            &[
+                "deletecollection",
+                "manifestworks.work.open-cluster-management.io",
+                "-n",
+                "spoke-a",
+            ],
+            false,
+        ),
         (&["update", "leases.coordination.k8s.io", "-n", "default"], false),
         (&["delete", "nodes"], false),
         (&["create", "events.events.k8s.io", "-n", "spoke-a"], false),
