@@ -34,6 +34,7 @@ pub mod net;
 pub mod ocm;
 pub mod proc;
 pub mod registry;
+pub mod testkit;
 pub mod wait;
 
 pub use cluster::KubeCluster;

@@ -15,6 +15,7 @@
 //!
 //! The trials run one after the other on one fleet (`--test-threads` is forced to 1).
 
+use e2e::testkit::{http_get, kubectl, manifest_config, manifests, our_binary, repo};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -89,61 +90,6 @@ fn spec() -> FleetSpec {
             tls: false,
             auth: Some((USER.into(), PASS.into())),
         })
-}
-
-fn our_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target directory")?;
-    let path = dir.join(name);
-    ensure!(
-        path.exists(),
-        "{} not found: build it first with `cargo build --workspace --bins`",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn manifests(sub: &str) -> PathBuf {
-    repo().join("manifests").join(sub)
-}
-
-/// The configuration file inside a manifest's ConfigMap, parsed.
-fn manifest_config(file: &str, name: &str) -> Result<Value> {
-    let cm: Value = serde_saphyr::from_str(&std::fs::read_to_string(manifests(file))?)?;
-    ensure!(
-        cm["kind"] == "ConfigMap" && cm["metadata"]["name"] == name,
-        "{file}: not ConfigMap {name}"
-    );
-    let text = cm["data"]["controller_config.yaml"]
-        .as_str()
-        .context("no controller_config.yaml in the ConfigMap")?;
-    Ok(serde_saphyr::from_str(text)?)
-}
-
-/// Runs kubectl against `kubeconfig`; fails with its output unless it exits 0.
-async fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = tokio::process::Command::new(kubectl)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .await
-        .context("running kubectl")?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "kubectl {}: {}{}",
-        args.join(" "),
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
 }
 
 fn registry_auth() -> RegistryAuth {
@@ -401,16 +347,6 @@ async fn start() -> Result<Env> {
         hub_metrics_port: metrics,
         _executor: executor,
     })
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 fn main() -> ExitCode {

@@ -7,6 +7,7 @@
 //!
 //! Each trial works in a namespace and on fake nodes of its own, so trials run in parallel.
 
+use e2e::testkit::{http_get, our_binary};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -64,22 +65,6 @@ macro_rules! tests {
     };
 }
 
-/// Our own binaries sit next to the test executable's `deps/` directory.
-fn our_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target directory")?;
-    let path = dir.join(name);
-    ensure!(
-        path.exists(),
-        "{} not found: build it first with `cargo build --workspace --bins`",
-        path.display()
-    );
-    Ok(path)
-}
-
 async fn start() -> Result<Env> {
     let bins = Bins::locate()?;
     let dir = PathBuf::from(concat!(env!("CARGO_TARGET_TMPDIR"), "/kmm-e2e/spoke-tests"));
@@ -124,15 +109,6 @@ async fn start() -> Result<Env> {
         metrics_port: metrics,
         _sup: sup,
     })
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 fn main() -> ExitCode {

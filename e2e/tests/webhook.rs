@@ -8,6 +8,7 @@
 //! `kmm_runtime::admission::hub_routes()` (the router `kmm-hub run` serves) and registered the
 //! same way.
 
+use e2e::testkit::{http_get, our_binary};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -53,22 +54,6 @@ macro_rules! tests {
     ($($name:ident),* $(,)?) => {
         vec![$((stringify!($name), (|e| Box::pin($name(e))) as TestFn)),*]
     };
-}
-
-/// Our own binaries sit next to the test executable's `deps/` directory.
-fn our_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target directory")?;
-    let path = dir.join(name);
-    ensure!(
-        path.exists(),
-        "{} not found: build it first with `cargo build --workspace --bins`",
-        path.display()
-    );
-    Ok(path)
 }
 
 fn b64(s: &str) -> String {
@@ -286,15 +271,6 @@ fn mcm(name: &str, spoke_ns: &str, image: &str) -> Value {
             "moduleSpec": module("x", "x", image)["spec"]
         }
     })
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await?;
-    Ok(out)
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,76 @@
+//! Small helpers the cluster and fleet test binaries share: finding our binaries and the
+//! manifests, running kubectl, reading a loopback HTTP endpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A binary of this workspace next to the running test executable (`target/<profile>/<name>`).
+pub fn our_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let path = dir.join(name);
+    ensure!(
+        path.exists(),
+        "{} not found: build it first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A path under `manifests/`.
+pub fn manifests(sub: &str) -> PathBuf {
+    repo().join("manifests").join(sub)
+}
+
+/// The configuration file inside the manifest ConfigMap `name` in `manifests/<file>`, parsed.
+pub fn manifest_config(file: &str, name: &str) -> Result<Value> {
+    let cm: Value = serde_saphyr::from_str(&std::fs::read_to_string(manifests(file))?)?;
+    ensure!(
+        cm["kind"] == "ConfigMap" && cm["metadata"]["name"] == name,
+        "{file}: not ConfigMap {name}"
+    );
+    let text = cm["data"]["controller_config.yaml"]
+        .as_str()
+        .context("no controller_config.yaml in the ConfigMap")?;
+    Ok(serde_saphyr::from_str(text)?)
+}
+
+/// Runs kubectl against `kubeconfig`; fails with its output unless it exits 0.
+pub async fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = tokio::process::Command::new(kubectl)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .await
+        .context("running kubectl")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}{}",
+        args.join(" "),
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+/// `GET path` on `127.0.0.1:port` over plain HTTP; the whole response, head included.
+pub async fn http_get(port: u16, path: &str) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
