@@ -126,6 +126,7 @@ fn main() -> ExitCode {
         untolerated_taint_keeps_a_node_out_until_tolerated,
         orphaned_status_is_unloaded,
         each_module_on_a_node_gets_its_own_events,
+        refused_worker_pod_is_reported_on_the_node,
         device_plugin_problems_are_named_on_the_module,
         kernel_versions_claim_follows_the_nodes,
         api_server_enforces_the_crd_rules,
@@ -1211,6 +1212,46 @@ async fn each_module_on_a_node_gets_its_own_events(env: Arc<Env>) -> Result<()> 
         .await?;
     }
     Ok(())
+}
+
+async fn refused_worker_pod_is_reported_on_the_node(env: Arc<Env>) -> Result<()> {
+    let (t, ns, name, on) = ("t-refused", "t-refused", "kmm-ci-a", "refused-a");
+    add_nodes(&env, t, &[(on, K1)]).await?;
+    apply_module(
+        &env,
+        module(
+            ns,
+            name,
+            t,
+            json!({"spec": {"moduleLoader": {"serviceAccountName": "no-such-sa"}}}),
+        ),
+    )
+    .await?;
+    let prefix = format!("Module {ns}/{name}: loading worker pod refused: ");
+    let message = env
+        .cluster
+        .wait(&format!("ModuleLoadFailed event on {on}"), TIMEOUT, || async {
+            Ok(node_events(&env, on, "ModuleLoadFailed")
+                .await?
+                .into_iter()
+                .find(|m| m.starts_with(&prefix)))
+        })
+        .await?;
+    ensure!(message.contains("serviceaccount \"no-such-sa\" not found"), "{message}");
+    // The ServiceAccount appears: the next retry loads.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "no-such-sa", "namespace": ns}}))?;
+    Api::namespaced(env.client(), ns)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    wait_loaded(
+        &env,
+        on,
+        ns,
+        name,
+        Some(&format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}")),
+    )
+    .await
 }
 
 async fn device_plugin_problems_are_named_on_the_module(env: Arc<Env>) -> Result<()> {

@@ -21,7 +21,7 @@ use shared_api::nmc::{NodeModuleStatus, NodeModulesConfig};
 use super::{Context, Error, RESYNC, is_conflict, is_not_found, kube_err};
 use crate::plan::ModuleKey;
 use crate::plan::device_plugin;
-use crate::plan::node_plan::{EventType, NodeState, PodPhase, Step, plan_node};
+use crate::plan::node_plan::{Action as WorkerAction, EventType, NodeState, PodPhase, Step, plan_node};
 use crate::plan::selection::NodeView;
 use crate::plan::worker_pod;
 
@@ -105,7 +105,30 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
                     }
                     // Same name still terminating, or created by a previous run: look again soon.
                     Err(e) if is_conflict(&e) => requeue = requeue.min(Duration::from_secs(2)),
-                    Err(e) => return Err(kube_err(format!("creating worker pod on {name}"))(e)),
+                    Err(e) => {
+                        // Refused (a missing ServiceAccount, Pod Security, a quota): said on the
+                        // node too; repeats of the same refusal fold into one event.
+                        let (reason, verb) = match action {
+                            WorkerAction::Load => ("ModuleLoadFailed", "loading"),
+                            WorkerAction::Unload => ("ModuleUnloadFailed", "unloading"),
+                        };
+                        let ev = Event {
+                            type_: KubeEventType::Warning,
+                            reason: reason.into(),
+                            note: Some(format!(
+                                "Module {}/{}: {verb} worker pod refused: {}",
+                                entry.namespace,
+                                entry.name,
+                                kmm_runtime::registry::error_chain(&e)
+                            )),
+                            action: "Reconcile".into(),
+                            secondary: None,
+                        };
+                        if let Err(pe) = ctx.recorder.publish(&ev, &node.object_ref(&())).await {
+                            tracing::warn!(error = %pe, node = %name, "publishing event");
+                        }
+                        return Err(kube_err(format!("creating worker pod on {name}"))(e));
+                    }
                 }
             }
             Step::DeletePod(pod) => {
