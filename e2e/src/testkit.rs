@@ -46,6 +46,18 @@ pub fn manifest_config(file: &str, name: &str) -> Result<Value> {
     Ok(serde_saphyr::from_str(text)?)
 }
 
+/// The documents of a multi-document YAML text (`---` lines between them), empty ones left out.
+pub fn yaml_docs(text: &str) -> Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for doc in text.split("\n---\n") {
+        let v: Value = serde_saphyr::from_str(doc).context("parsing YAML")?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
 /// Runs kubectl against `kubeconfig`; fails with its output unless it exits 0.
 pub async fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(kubectl)

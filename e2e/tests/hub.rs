@@ -15,7 +15,7 @@
 //!
 //! The trials run one after the other on one fleet (`--test-threads` is forced to 1).
 
-use e2e::testkit::{http_get, kubectl, manifest_config, manifests, our_binary, repo};
+use e2e::testkit::{http_get, kubectl, manifest_config, manifests, our_binary, repo, yaml_docs};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -357,6 +357,7 @@ fn main() -> ExitCode {
         mcm_webhook_refuses_bad_specs_naming_the_field,
         build_sign_pin_load_extend_relabel_delete,
         failures_end_in_a_clear_status,
+        hub_samples_load_on_the_spokes,
         hub_service_account_is_refused_outside_its_role,
         hub_metrics_need_a_token_allowed_to_read_them,
         hub_log_shows_no_forbidden_request,
@@ -1108,6 +1109,163 @@ async fn hub_metrics_need_a_token_allowed_to_read_them(env: Arc<Env>) -> Result<
 }
 
 /// The hub's log must not show a request the API server refused during the scenario.
+/// The ManagedClusterModule samples of `manifests/samples/hub`, one at a time, as a local-fleet
+/// user would apply them: the placeholder registry replaced by the fleet's, and because that
+/// registry is plain HTTP with a password, `registryTLS.insecure` and the push/pull Secret added
+/// where a sample has none. Each loads on every worker node of both spokes and unloads when
+/// deleted.
+async fn hub_samples_load_on_the_spokes(env: Arc<Env>) -> Result<()> {
+    let env = env.as_ref();
+    let registry = env.fleet.registry.as_ref().context("registry")?;
+    let host = registry.host.clone();
+    // What the samples pull: kmod images of the fixture modules for the spokes' kernels (a-1
+    // runs K3 since the scenario above).
+    for kernel in [K1, K2, K3] {
+        for repo in ["kmm-ci-a", "kmm-ci-fw"] {
+            e2e::kmods::push(
+                &format!("{host}/{repo}:{kernel}"),
+                env.fixtures.layers(kernel)?,
+                &registry_auth(),
+            )
+            .await?;
+        }
+        e2e::kmods::push(
+            &format!("{host}/kmm-ci-a:{kernel}-v1"),
+            env.fixtures.layers(kernel)?,
+            &registry_auth(),
+        )
+        .await?;
+    }
+    let hub = env.fleet.hub_client();
+    create(
+        &Api::<Secret>::namespaced(hub.clone(), HUB_NS),
+        &secret(
+            "kmm-registry-push",
+            &[(".dockerconfigjson", dockerconfigjson(&host).into_bytes())],
+            Some("kubernetes.io/dockerconfigjson"),
+        ),
+    )
+    .await?;
+    // The samples select clusters labelled kmm-samples=true and their worker nodes.
+    for c in ["spoke-a", "spoke-b"] {
+        label_cluster(env, c, "kmm-samples", Some("true")).await?;
+    }
+    let mut workers = Vec::new();
+    for s in &env.fleet.spokes {
+        // The ServiceAccounts manifests/spoke gives Modules in kmm-system.
+        for sa in ["kmm-module-loader", "kmm-device-plugin"] {
+            let sa: k8s_openapi::api::core::v1::ServiceAccount =
+                serde_json::from_value(json!({"metadata": {"name": sa, "namespace": "kmm-system"}}))?;
+            create(&Api::namespaced(s.client.clone(), "kmm-system"), &sa).await?;
+        }
+        let nodes: Api<Node> = Api::all(s.client.clone());
+        for n in nodes.list(&ListParams::default().labels(NODE_LABEL)).await? {
+            let patch = json!({"metadata": {"labels": {
+                "node-role.kubernetes.io/worker": "",
+                "kmm.node.kubernetes.io/version-module.kmm-system.kmm-ci-a-v": "1",
+            }}});
+            nodes
+                .patch(&n.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await?;
+            workers.push((s.client.clone(), n.name_any()));
+        }
+    }
+    ensure!(workers.len() == 3, "worker nodes: {}", workers.len());
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(manifests("samples/hub"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    ensure!(files.len() == 6, "hub samples: {files:?}");
+    let mcms: Api<ManagedClusterModule> = Api::all(hub.clone());
+    for file in files {
+        let text = std::fs::read_to_string(&file)?.replace("kmm-registry.local:5000", &host);
+        let mut docs = yaml_docs(&text)?;
+        let mut names = Vec::new();
+        for d in docs.iter_mut().filter(|d| d["kind"] == "ManagedClusterModule") {
+            names.push(d["metadata"]["name"].as_str().context("MCM without name")?.to_owned());
+            let spec = &mut d["spec"]["moduleSpec"];
+            if spec["imageRepoSecret"].is_null() {
+                spec["imageRepoSecret"] = json!({"name": "kmm-registry-push"});
+            }
+            let container = &mut spec["moduleLoader"]["container"];
+            container["registryTLS"] = json!({"insecure": true});
+            for m in container["kernelMappings"].as_array_mut().into_iter().flatten() {
+                if m["sign"].is_object() {
+                    m["sign"]["unsignedImageRegistryTLS"] = json!({"insecure": true});
+                }
+            }
+        }
+        ensure!(names.len() == 1, "{}: {names:?}", file.display());
+        let name = names.remove(0);
+        let modified = env.tmp.join(file.file_name().context("file name")?);
+        std::fs::write(
+            &modified,
+            docs.iter()
+                .map(serde_json::to_string)
+                .collect::<Result<Vec<_>, _>>()?
+                .join("\n---\n"),
+        )?;
+        kubectl(
+            &env.kubectl,
+            &env.fleet.hub.admin_kubeconfig,
+            &["apply", "--server-side", "-f", &modified.display().to_string()],
+        )
+        .await
+        .with_context(|| format!("applying {}", file.display()))?;
+
+        let label = format!("kmm.node.kubernetes.io/kmm-system.{name}.ready");
+        let what = format!("{}: {name} loaded on every worker node", file.display());
+        wait_for(env, &what, 180, || async {
+            if let Some(s) = status_of(env, &name).await?
+                && let Some(i) = s.images.iter().find(|i| i.state == "Failed")
+            {
+                bail!("{name}: image of {} failed: {:?}", i.kernel_version, i.message);
+            }
+            for (client, node) in &workers {
+                let n = Api::<Node>::all(client.clone()).get(node).await?;
+                if !n.labels().contains_key(&label) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })
+        .await?;
+        if name == "kmm-ci-a-plugin" {
+            for s in &env.fleet.spokes {
+                Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(s.client.clone(), "kmm-system")
+                    .get(&format!("{name}-device-plugin"))
+                    .await
+                    .with_context(|| format!("{name}'s device plugin DaemonSet on {}", s.name))?;
+            }
+        }
+        kubectl(
+            &env.kubectl,
+            &env.fleet.hub.admin_kubeconfig,
+            &["delete", "-f", &modified.display().to_string(), "--wait=false"],
+        )
+        .await?;
+        wait_for(env, &format!("{name} unloaded everywhere"), 120, || async {
+            if mcms.get_opt(&name).await?.is_some() {
+                return Ok(None);
+            }
+            for (client, node) in &workers {
+                let n = Api::<Node>::all(client.clone()).get(node).await?;
+                if n.labels().contains_key(&label) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })
+        .await?;
+    }
+    for c in ["spoke-a", "spoke-b"] {
+        label_cluster(env, c, "kmm-samples", None).await?;
+    }
+    Ok(())
+}
+
 async fn hub_log_shows_no_forbidden_request(env: Arc<Env>) -> Result<()> {
     let log = std::fs::read_to_string(&env.hub_log)?;
     let refused: Vec<&str> = log

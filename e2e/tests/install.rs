@@ -11,7 +11,7 @@
 //!   scenario of `e2e/tests/hub.rs`);
 //! - the samples pass `kmm-hub validate` / `kmm-spoke validate`.
 
-use e2e::testkit::{http_get, kubectl, manifest_config, manifests, our_binary, repo};
+use e2e::testkit::{http_get, kubectl, manifest_config, manifests, our_binary, repo, yaml_docs};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -105,17 +105,6 @@ async fn apply_k(kubectl_bin: &Path, cluster: &KubeCluster, dir: &str) -> Result
 async fn kustomize(kubectl_bin: &Path, kubeconfig: &Path, dir: &Path) -> Result<Vec<Value>> {
     let out = kubectl(kubectl_bin, kubeconfig, &["kustomize", &dir.display().to_string()]).await?;
     yaml_docs(&out)
-}
-
-fn yaml_docs(text: &str) -> Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for doc in text.split("\n---\n") {
-        let v: Value = serde_saphyr::from_str(doc).context("parsing kustomize output")?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
 }
 
 async fn start() -> Result<Env> {
