@@ -1,6 +1,6 @@
 //! What `kmm-hub` and `kmm-spoke` share at run time: the configuration file, leader election,
-//! the health, metrics and admission webhook servers, events, logging, shutdown on signals, and registry
-//! clients.
+//! the health, metrics and admission webhook servers, events, logging, shutdown on signals, and
+//! registry clients.
 
 pub mod admission;
 pub mod config;
