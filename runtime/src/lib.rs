@@ -11,3 +11,4 @@ pub mod registry;
 pub mod serve;
 pub mod tls;
 pub mod webhook;
+pub mod webhook_certs;

@@ -349,8 +349,18 @@ pub(crate) mod testing {
         alpn: &[&[u8]],
         raw: &str,
     ) -> (CertificateDer<'static>, Option<Vec<u8>>, String) {
+        request_trusting(port, ca.der().clone(), alpn, raw).await
+    }
+
+    /// [`request`] trusting the CA certificate `ca` (DER).
+    pub async fn request_trusting(
+        port: u16,
+        ca: CertificateDer<'static>,
+        alpn: &[&[u8]],
+        raw: &str,
+    ) -> (CertificateDer<'static>, Option<Vec<u8>>, String) {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
+        roots.add(ca).unwrap();
         let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()

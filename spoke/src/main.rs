@@ -57,6 +57,22 @@ struct RunArgs {
     /// webhook.port with the certificate in webhook.certDir.
     #[arg(long, env = "KMM_WEBHOOK", value_enum, default_value_t = WebhookMode::Auto)]
     webhook: WebhookMode,
+    /// Make the webhook certificate here: keep a CA and a serving certificate in this Secret of
+    /// the spoke's namespace, write them into webhook.certDir and put the CA into the webhook
+    /// configuration; renewed a month before expiry. For clusters where neither OpenShift's
+    /// service CA nor cert-manager makes it (the managed overlay and the RHACM Policy set it).
+    #[arg(long, env = "KMM_WEBHOOK_SELF_SIGNED_SECRET")]
+    webhook_self_signed_secret: Option<String>,
+    /// With --webhook-self-signed-secret: the webhook Service the certificate is for.
+    #[arg(long, default_value = "kmm-operator-webhook-service")]
+    webhook_service: String,
+    /// With --webhook-self-signed-secret: the ValidatingWebhookConfiguration that gets the CA.
+    #[arg(long, default_value = "kmm-operator-validating-webhook-configuration")]
+    webhook_configuration: String,
+    /// With --webhook-self-signed-secret: more names or IP addresses for the certificate,
+    /// comma-separated (for webhooks registered by URL).
+    #[arg(long, env = "KMM_WEBHOOK_CERT_NAMES", value_delimiter = ',')]
+    webhook_cert_names: Vec<String>,
     /// Namespace the spoke runs in: Modules there use the spoke's own worker ServiceAccount.
     #[arg(long, env = "OPERATOR_NAMESPACE", default_value = "kmm-system")]
     namespace: String,
@@ -158,7 +174,21 @@ fn main() -> anyhow::Result<()> {
 async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
     // The configuration is checked before anything else, so a bad file fails fast and alone.
     let config = args.config()?;
-    let webhook = args.webhook.enabled(&config.webhook);
+    let self_signed = args
+        .webhook_self_signed_secret
+        .clone()
+        .map(|secret| kmm_runtime::webhook_certs::SelfSigned {
+            namespace: args.namespace.clone(),
+            secret,
+            service: args.webhook_service.clone(),
+            extra_names: args.webhook_cert_names.clone(),
+            configuration: args.webhook_configuration.clone(),
+        });
+    // Certificates made here are there by the time the server starts.
+    let webhook = match (&self_signed, args.webhook) {
+        (Some(_), mode) => mode != WebhookMode::Off,
+        (None, mode) => mode.enabled(&config.webhook),
+    };
     if !webhook {
         tracing::info!(
             cert_dir = %config.webhook.cert_dir.display(),
@@ -187,6 +217,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
             renew_every: Duration::from_secs(5),
         }),
         webhook,
+        self_signed,
         config,
     };
     run::run(client, opts, kmm_runtime::process::shutdown_on_signals()).await

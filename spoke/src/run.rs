@@ -43,6 +43,8 @@ pub struct Options {
     pub lease: Option<LeaseConfig>,
     /// Serve the admission webhooks (as `config.webhook` says).
     pub webhook: bool,
+    /// Make the webhook certificate in this Secret instead of expecting one in webhook.certDir.
+    pub self_signed: Option<kmm_runtime::webhook_certs::SelfSigned>,
     /// Probes, metrics and webhook settings.
     pub config: Config,
 }
@@ -67,6 +69,15 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         .await?;
     // Every replica answers webhooks, leader or not.
     if opts.webhook {
+        if let Some(s) = &opts.self_signed {
+            kmm_runtime::webhook_certs::keep(
+                client.clone(),
+                s.clone(),
+                opts.config.webhook.cert_dir.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+        }
         kmm_runtime::webhook::serve(
             &opts.config.webhook,
             kmm_runtime::admission::spoke_routes(client.clone()),
