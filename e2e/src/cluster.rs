@@ -278,9 +278,9 @@ impl KubeCluster {
 
     /// Points every webhook of the ValidatingWebhookConfiguration `name` (as a manifest wrote
     /// it, with a Service reference) at `https://127.0.0.1:<port><its service path>`, trusting
-    /// `ca_pem`: an operator running on loopback instead of behind its Service. Rules, paths and
-    /// policies stay as they were.
-    pub async fn point_webhooks_at(&self, name: &str, port: u16, ca_pem: &str) -> Result<()> {
+    /// `ca_pem` (None: the caBundle already there): an operator running on loopback instead of
+    /// behind its Service. Rules, paths and policies stay as they were.
+    pub async fn point_webhooks_at(&self, name: &str, port: u16, ca_pem: Option<&str>) -> Result<()> {
         use k8s_openapi::api::admissionregistration::v1::{ValidatingWebhookConfiguration, WebhookClientConfig};
         let api: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
         let mut vwc = api.get(name).await?;
@@ -295,8 +295,10 @@ impl KubeCluster {
                 .with_context(|| format!("{name}: webhook {} has no service path", w.name))?;
             w.client_config = WebhookClientConfig {
                 url: Some(format!("https://127.0.0.1:{port}{path}")),
-                // Serialised as base64, as caBundle wants.
-                ca_bundle: Some(k8s_openapi::ByteString(ca_pem.as_bytes().to_vec())),
+                // Serialised as base64, as caBundle wants; None keeps the one there.
+                ca_bundle: ca_pem
+                    .map(|c| k8s_openapi::ByteString(c.as_bytes().to_vec()))
+                    .or(w.client_config.ca_bundle.take()),
                 service: None,
             };
         }

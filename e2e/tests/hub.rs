@@ -335,7 +335,10 @@ async fn start() -> Result<Env> {
     )
     .await
     .context("applying manifests/hub/webhook.yaml")?;
-    fleet.hub.point_webhooks_at(HUB_VWC, webhook, &ca.cert_pem).await?;
+    fleet
+        .hub
+        .point_webhooks_at(HUB_VWC, webhook, Some(&ca.cert_pem))
+        .await?;
     let executor = StandInExecutor::start(hub, HUB_NS, fixtures.clone(), registry_auth());
     Ok(Env {
         fleet,

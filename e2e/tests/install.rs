@@ -40,6 +40,9 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const SPOKE_NS: &str = "kmm-system";
 const SPOKE_SA: &str = "kmm-operator-controller";
 /// The hub's, as in manifests/hub.
+const SPOKE_VWC: &str = "kmm-operator-validating-webhook-configuration";
+/// The managed overlay's KMM_WEBHOOK_SELF_SIGNED_SECRET.
+const SELF_SIGNED_SECRET: &str = "kmm-operator-webhook-self-signed";
 const HUB_NS: &str = "kmm-hub";
 const HUB_SA: &str = "kmm-hub";
 /// OCM's work agent on a managed cluster.
@@ -133,18 +136,12 @@ async fn start() -> Result<Env> {
     }
     // kmm-spoke as its ServiceAccount, with the configuration file of the manifest's ConfigMap
     // (only the addresses moved to loopback ports and the certificate directory to ours), in
-    // managed mode as the managed overlay's Deployment runs it.
+    // managed mode and making its own webhook certificate as the managed overlay's Deployment
+    // runs it (plus 127.0.0.1 among the certificate's names: the webhooks reach it there).
     let ports = [e2e::net::free_port()?, e2e::net::free_port()?, e2e::net::free_port()?];
     let (health, webhook, metrics) = (ports[0], ports[1], ports[2]);
     let certs = spoke.dir.join("webhook-certs");
     std::fs::create_dir_all(&certs)?;
-    let ca = e2e::certs::Ca::new("kmm-e2e-webhook-ca")?;
-    let serving = ca.server(
-        "kmm-operator-webhook-service",
-        &["127.0.0.1", "kmm-operator-webhook-service.kmm-system.svc"],
-    )?;
-    e2e::certs::write(&certs.join("tls.crt"), &serving.cert_pem)?;
-    e2e::certs::write(&certs.join("tls.key"), &serving.key_pem)?;
     let mut config = manifest_config("spoke/base/config.yaml", "kmm-operator-manager-config")?;
     config["healthProbeBindAddress"] = json!(format!("127.0.0.1:{health}"));
     config["webhook"]["host"] = json!("127.0.0.1");
@@ -162,6 +159,8 @@ async fn start() -> Result<Env> {
             .args(["run", "--webhook=on", "--config", &config_file.display().to_string()])
             .env("OPERATOR_NAMESPACE", SPOKE_NS)
             .env("KMM_MANAGED", "1")
+            .env("KMM_WEBHOOK_SELF_SIGNED_SECRET", SELF_SIGNED_SECRET)
+            .env("KMM_WEBHOOK_CERT_NAMES", "127.0.0.1")
             .env("POD_NAME", "kmm-operator-controller-e2e")
             .env("RELATED_IMAGE_WORKER", "kmm-worker:e2e")
             .env("KUBECONFIG", sa_kubeconfig.display().to_string())
@@ -179,11 +178,9 @@ async fn start() -> Result<Env> {
         })
         .await?;
     // The manifest's webhook configuration reaches the Service in the cluster; this kmm-spoke
-    // runs on loopback, so each webhook gets its URL there, with our CA. Rules, paths and
-    // policies stay as the manifest wrote them.
-    spoke
-        .point_webhooks_at("kmm-operator-validating-webhook-configuration", webhook, &ca.cert_pem)
-        .await?;
+    // runs on loopback, so each webhook gets its URL there, keeping the CA kmm-spoke put in.
+    // Rules, paths and policies stay as the manifest wrote them.
+    spoke.point_webhooks_at(SPOKE_VWC, webhook, None).await?;
     Ok(Env {
         hub,
         spoke,
@@ -204,6 +201,7 @@ fn main() -> ExitCode {
         rhacm_policy_carries_the_managed_spoke,
         spoke_scenario_under_its_service_account,
         spoke_webhook_from_the_manifest_refuses_a_bad_module,
+        spoke_makes_its_webhook_certificate,
         spoke_metrics_need_a_token_allowed_to_read_them,
         spoke_service_account_is_refused_outside_its_role,
         hub_service_account_can_do_its_work_and_no_more,
@@ -912,6 +910,55 @@ async fn spoke_webhook_from_the_manifest_refuses_a_bad_module(env: Arc<Env>) -> 
             && text.contains("spec.moduleLoader.container.kernelMappings[0].containerImage"),
         "{text}"
     );
+    Ok(())
+}
+
+/// The managed overlay's spoke made its CA and serving certificate, keeps them in the Secret,
+/// serves with them, and put the CA into every webhook of its configuration (the webhook trial
+/// above goes through that chain of trust).
+async fn spoke_makes_its_webhook_certificate(env: Arc<Env>) -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Secret;
+    let secret = Api::<Secret>::namespaced(env.spoke.client.clone(), SPOKE_NS)
+        .get(SELF_SIGNED_SECRET)
+        .await?;
+    let data = secret.data.unwrap_or_default();
+    let ca = data.get("ca.crt").context("no ca.crt in the Secret")?.0.clone();
+    let names = secret
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get(kmm_runtime::webhook_certs::NAMES_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        names
+            == "kmm-operator-webhook-service.kmm-system.svc,kmm-operator-webhook-service.kmm-system.svc.cluster.local,127.0.0.1",
+        "certificate names: {names}"
+    );
+    let vwc = Api::<ValidatingWebhookConfiguration>::all(env.spoke.client.clone())
+        .get(SPOKE_VWC)
+        .await?;
+    let webhooks = vwc.webhooks.unwrap_or_default();
+    ensure!(webhooks.len() == 3, "webhooks: {}", webhooks.len());
+    for w in &webhooks {
+        ensure!(
+            w.client_config.ca_bundle.as_ref().map(|b| &b.0) == Some(&ca),
+            "webhook {} does not carry the spoke's CA",
+            w.name
+        );
+    }
+    // The certificate it serves is the Secret's, signed by that CA.
+    let served = std::fs::read(env.spoke.dir.join("webhook-certs/tls.crt"))?;
+    ensure!(
+        Some(&served) == data.get("tls.crt").map(|b| &b.0),
+        "the served certificate is not the Secret's"
+    );
+    // The ServiceAccount may not read other Secrets of its namespace.
+    let other = Api::<Secret>::namespaced(env.spoke_sa.clone(), SPOKE_NS)
+        .get("kmm-operator-webhook-server-cert")
+        .await;
+    ensure!(is_forbidden(&other), "read another Secret: {other:?}");
     Ok(())
 }
 
