@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -85,4 +85,70 @@ pub async fn http_get(port: u16, path: &str) -> Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
     Ok(out)
+}
+
+/// The metrics endpoint on `127.0.0.1:<port>` as the manifests configure it (HTTPS, TokenReview
+/// and SubjectAccessReview): a ServiceAccount bound to `reader_role` (the manifest's ClusterRole)
+/// scrapes metrics containing `expect`; no token gets 401, a token without the role 403. The
+/// ServiceAccounts and the binding are made in namespace `t-monitoring` with kubectl as
+/// `kubeconfig`'s user, as an administrator would.
+pub async fn check_metrics_auth(
+    kubectl_bin: &Path,
+    kubeconfig: &Path,
+    reader_role: &str,
+    port: u16,
+    expect: &str,
+) -> Result<()> {
+    let k = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kubectl(kubectl_bin, kubeconfig, &args).await
+    };
+    let ns = "t-monitoring";
+    k(vec!["create".into(), "namespace".into(), ns.into()]).await?;
+    for sa in ["prometheus", "stranger"] {
+        k(vec![
+            "-n".into(),
+            ns.into(),
+            "create".into(),
+            "serviceaccount".into(),
+            sa.into(),
+        ])
+        .await?;
+    }
+    k(vec![
+        "create".into(),
+        "clusterrolebinding".into(),
+        format!("t-prometheus-{reader_role}"),
+        format!("--clusterrole={reader_role}"),
+        format!("--serviceaccount={ns}:prometheus"),
+    ])
+    .await?;
+    let token = |sa: &str| k(vec!["-n".into(), ns.into(), "create".into(), "token".into(), sa.into()]);
+    let allowed = token("prometheus").await?;
+    let stranger = token("stranger").await?;
+    let scrape = |token: Option<String>| async move {
+        let mut cfg = kube::Config::new(format!("https://127.0.0.1:{port}").parse()?);
+        // The metrics certificate is self-signed (metrics.certDir empty).
+        cfg.accept_invalid_certs = true;
+        let client = kube::Client::try_from(cfg)?;
+        let mut req = http::Request::get("/metrics");
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {}", t.trim()));
+        }
+        Ok::<_, anyhow::Error>(client.request_text(req.body(Vec::new())?).await)
+    };
+    let body = scrape(Some(allowed))
+        .await?
+        .context("scraping with the reader's token")?;
+    ensure!(body.contains(expect), "no {expect} in the metrics:\n{body}");
+    for (who, token, code) in [
+        ("no token", None, 401),
+        ("a token without the role", Some(stranger), 403),
+    ] {
+        match scrape(token).await? {
+            Err(kube::Error::Api(s)) if s.code == code => {}
+            other => bail!("scraping with {who}: expected HTTP {code}, got {other:?}"),
+        }
+    }
+    Ok(())
 }

@@ -1055,60 +1055,14 @@ async fn hub_service_account_is_refused_outside_its_role(env: Arc<Env>) -> Resul
 /// The metrics endpoint checks scrapers' tokens with TokenReviews and SubjectAccessReviews made
 /// under the hub's ServiceAccount, as the manifest's ClusterRole allows.
 async fn hub_metrics_need_a_token_allowed_to_read_them(env: Arc<Env>) -> Result<()> {
-    let env = env.as_ref();
-    let k = |args: Vec<String>| async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        kubectl(&env.kubectl, &env.fleet.hub.admin_kubeconfig, &args).await
-    };
-    let ns = "t-monitoring";
-    env.fleet.hub.ensure_namespace(ns).await?;
-    for sa in ["prometheus", "stranger"] {
-        k(vec![
-            "-n".into(),
-            ns.into(),
-            "create".into(),
-            "serviceaccount".into(),
-            sa.into(),
-        ])
-        .await?;
-    }
-    // What an administrator does for the scraper: bind the manifest's metrics-reader role.
-    k(vec![
-        "create".into(),
-        "clusterrolebinding".into(),
-        "t-prometheus-kmm-hub-metrics".into(),
-        "--clusterrole=kmm-hub-metrics-reader".into(),
-        format!("--serviceaccount={ns}:prometheus"),
-    ])
-    .await?;
-    let token = |sa: &str| k(vec!["-n".into(), ns.into(), "create".into(), "token".into(), sa.into()]);
-    let allowed = token("prometheus").await?;
-    let stranger = token("stranger").await?;
-    let scrape = |token: Option<String>| async move {
-        let mut cfg = kube::Config::new(format!("https://127.0.0.1:{}", env.hub_metrics_port).parse()?);
-        // kmm-hub's metrics certificate is self-signed (metrics.certDir empty).
-        cfg.accept_invalid_certs = true;
-        let client = Client::try_from(cfg)?;
-        let mut req = http::Request::get("/metrics");
-        if let Some(t) = token {
-            req = req.header("Authorization", format!("Bearer {}", t.trim()));
-        }
-        Ok::<_, anyhow::Error>(client.request_text(req.body(Vec::new())?).await)
-    };
-    let body = scrape(Some(allowed))
-        .await?
-        .context("scraping with the reader's token")?;
-    ensure!(body.contains("kmm_hub_builds_total"), "no kmm-hub metrics in:\n{body}");
-    for (who, token, code) in [
-        ("no token", None, 401),
-        ("a token without the role", Some(stranger), 403),
-    ] {
-        match scrape(token).await? {
-            Err(kube::Error::Api(s)) if s.code == code => {}
-            other => bail!("scraping with {who}: expected HTTP {code}, got {other:?}"),
-        }
-    }
-    Ok(())
+    e2e::testkit::check_metrics_auth(
+        &env.kubectl,
+        &env.fleet.hub.admin_kubeconfig,
+        "kmm-hub-metrics-reader",
+        env.hub_metrics_port,
+        "kmm_hub_builds_total",
+    )
+    .await
 }
 
 /// The hub's log must not show a request the API server refused during the scenario.

@@ -963,63 +963,12 @@ async fn spoke_makes_its_webhook_certificate(env: Arc<Env>) -> Result<()> {
 }
 
 async fn spoke_metrics_need_a_token_allowed_to_read_them(env: Arc<Env>) -> Result<()> {
-    let k = |args: Vec<String>| {
-        let env = env.clone();
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            kubectl(&env.kubectl, &env.spoke.admin_kubeconfig, &args).await
-        }
-    };
-    let ns = "t-monitoring";
-    env.spoke.ensure_namespace(ns).await?;
-    for sa in ["prometheus", "stranger"] {
-        k(vec![
-            "-n".into(),
-            ns.into(),
-            "create".into(),
-            "serviceaccount".into(),
-            sa.into(),
-        ])
-        .await?;
-    }
-    // What an administrator does for the scraper: bind the manifest's metrics-reader role.
-    k(vec![
-        "create".into(),
-        "clusterrolebinding".into(),
-        "t-prometheus-kmm-metrics".into(),
-        "--clusterrole=kmm-operator-metrics-reader".into(),
-        format!("--serviceaccount={ns}:prometheus"),
-    ])
-    .await?;
-    let token = |sa: &str| k(vec!["-n".into(), ns.into(), "create".into(), "token".into(), sa.into()]);
-    let allowed = token("prometheus").await?;
-    let stranger = token("stranger").await?;
-    let scrape = |token: Option<String>| {
-        let port = env.metrics_port;
-        async move {
-            let mut cfg = kube::Config::new(format!("https://127.0.0.1:{port}").parse()?);
-            // kmm-spoke's metrics certificate is self-signed (metrics.certDir empty).
-            cfg.accept_invalid_certs = true;
-            let client = Client::try_from(cfg)?;
-            let mut req = http::Request::get("/metrics");
-            if let Some(t) = token {
-                req = req.header("Authorization", format!("Bearer {}", t.trim()));
-            }
-            Ok::<_, anyhow::Error>(client.request_text(req.body(Vec::new())?).await)
-        }
-    };
-    let body = scrape(Some(allowed))
-        .await?
-        .context("scraping with the reader's token")?;
-    ensure!(body.contains("kmm_spoke_"), "no kmm-spoke metrics in:\n{body}");
-    for (who, token, code) in [
-        ("no token", None, 401),
-        ("a token without the role", Some(stranger), 403),
-    ] {
-        match scrape(token).await? {
-            Err(kube::Error::Api(s)) if s.code == code => {}
-            other => bail!("scraping with {who}: expected HTTP {code}, got {other:?}"),
-        }
-    }
-    Ok(())
+    e2e::testkit::check_metrics_auth(
+        &env.kubectl,
+        &env.spoke.admin_kubeconfig,
+        "kmm-operator-metrics-reader",
+        env.metrics_port,
+        "kmm_spoke_",
+    )
+    .await
 }

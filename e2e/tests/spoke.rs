@@ -286,6 +286,18 @@ async fn wait_event(env: &Env, node: &str, reason: &str, message: &str) -> Resul
         .await
 }
 
+/// The first `reason` event on `node` whose message starts with `prefix`, once there is one.
+async fn wait_event_starting(env: &Env, node: &str, reason: &str, prefix: &str) -> Result<String> {
+    env.cluster
+        .wait(&format!("{reason} event on {node}"), TIMEOUT, || async move {
+            Ok(node_events(env, node, reason)
+                .await?
+                .into_iter()
+                .find(|m| m.starts_with(prefix)))
+        })
+        .await
+}
+
 async fn module_status(env: &Env, ns: &str, name: &str) -> Result<Module> {
     Ok(Api::<Module>::namespaced(env.client(), ns).get(name).await?)
 }
@@ -887,15 +899,7 @@ async fn failing_worker_pod_is_reported_and_retried_with_backoff(env: Arc<Env>) 
     let image = format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}");
     // The failure is reported on the node, with the worker's message and the backoff.
     let prefix = format!("Module {ns}/{name}: loading failed on attempt 1 (worker pod ");
-    let first = env
-        .cluster
-        .wait(&format!("ModuleLoadFailed event on {on}"), TIMEOUT, || async {
-            Ok(node_events(&env, on, "ModuleLoadFailed")
-                .await?
-                .into_iter()
-                .find(|m| m.starts_with(&prefix)))
-        })
-        .await?;
+    let first = wait_event_starting(&env, on, "ModuleLoadFailed", &prefix).await?;
     ensure!(
         first.contains("failed on purpose") && first.ends_with("; retrying in 10s"),
         "first failure: {first}"
@@ -1228,15 +1232,7 @@ async fn refused_worker_pod_is_reported_on_the_node(env: Arc<Env>) -> Result<()>
     )
     .await?;
     let prefix = format!("Module {ns}/{name}: loading worker pod refused: ");
-    let message = env
-        .cluster
-        .wait(&format!("ModuleLoadFailed event on {on}"), TIMEOUT, || async {
-            Ok(node_events(&env, on, "ModuleLoadFailed")
-                .await?
-                .into_iter()
-                .find(|m| m.starts_with(&prefix)))
-        })
-        .await?;
+    let message = wait_event_starting(&env, on, "ModuleLoadFailed", &prefix).await?;
     ensure!(message.contains("serviceaccount \"no-such-sa\" not found"), "{message}");
     // The ServiceAccount appears: the next retry loads.
     let sa: k8s_openapi::api::core::v1::ServiceAccount =
