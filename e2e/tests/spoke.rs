@@ -298,6 +298,19 @@ async fn wait_event_starting(env: &Env, node: &str, reason: &str, prefix: &str) 
         .await
 }
 
+/// Waits until the Module is `Degraded` for `reason` with `text` in the message.
+async fn wait_degraded(env: &Env, ns: &str, name: &str, reason: &str, text: &str) -> Result<()> {
+    env.cluster
+        .wait(&format!("{name}: Degraded/{reason}"), TIMEOUT, || async {
+            let s = module_status(env, ns, name).await?.status.unwrap_or_default();
+            Ok(s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason && c.message.contains(text))
+                .then_some(()))
+        })
+        .await
+}
+
 async fn module_status(env: &Env, ns: &str, name: &str) -> Result<Module> {
     Ok(Api::<Module>::namespaced(env.client(), ns).get(name).await?)
 }
@@ -647,20 +660,7 @@ async fn bad_regexp_and_untagged_image_get_clear_conditions(env: Arc<Env>) -> Re
             ),
         )
         .await?;
-        env.cluster
-            .wait(&format!("{name}: Degraded condition"), TIMEOUT, || async {
-                let s = module_status(&env, ns, name).await?.status.unwrap_or_default();
-                Ok(s.conditions
-                    .iter()
-                    .find(|c| {
-                        c.type_ == "Degraded"
-                            && c.status == "True"
-                            && c.reason == "InvalidSpec"
-                            && c.message.contains(expected)
-                    })
-                    .map(|_| ()))
-            })
-            .await?;
+        wait_degraded(&env, ns, name, "InvalidSpec", expected).await?;
         let events = Api::<Event>::namespaced(env.client(), ns)
             .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
             .await?;
@@ -849,20 +849,7 @@ async fn build_or_sign_left_in_the_spec_gets_the_needs_hub_condition(env: Arc<En
         )
         .await?;
         let expected = format!("{at} carry build or sign instructions; builds and signing run on the hub (kmm-hub)");
-        env.cluster
-            .wait(&format!("{name}: Degraded/NeedsHub condition"), TIMEOUT, || async {
-                let s = module_status(&env, ns, name).await?.status.unwrap_or_default();
-                Ok(s.conditions
-                    .iter()
-                    .find(|c| {
-                        c.type_ == "Degraded"
-                            && c.status == "True"
-                            && c.reason == "NeedsHub"
-                            && c.message.contains(&expected)
-                    })
-                    .map(|_| ()))
-            })
-            .await?;
+        wait_degraded(&env, ns, name, "NeedsHub", &expected).await?;
         // The spoke neither builds nor signs: it loads the image it was given, as is.
         wait_loaded(&env, "hub-a", ns, name, Some(&image)).await?;
     }
@@ -1253,25 +1240,6 @@ async fn refused_worker_pod_is_reported_on_the_node(env: Arc<Env>) -> Result<()>
 async fn device_plugin_problems_are_named_on_the_module(env: Arc<Env>) -> Result<()> {
     let (t, ns) = ("t-dpbad", "t-dpbad");
     add_nodes(&env, t, &[("dpbad-a", K1)]).await?;
-    let degraded = |name: &'static str, reason: &'static str, text: String| {
-        let env = env.clone();
-        async move {
-            env.cluster
-                .wait(&format!("{name}: Degraded {reason}"), TIMEOUT, || async {
-                    let s = module_status(&env, ns, name).await?.status.unwrap_or_default();
-                    Ok(s.conditions
-                        .iter()
-                        .any(|c| {
-                            c.type_ == "Degraded"
-                                && c.status == "True"
-                                && c.reason == reason
-                                && c.message.contains(&text)
-                        })
-                        .then_some(()))
-                })
-                .await
-        }
-    };
 
     // A plugin that mounts the kubelet's device plugin directory itself: the operator does that.
     apply_module(
@@ -1290,12 +1258,7 @@ async fn device_plugin_problems_are_named_on_the_module(env: Arc<Env>) -> Result
         ),
     )
     .await?;
-    degraded(
-        "self-mount",
-        "InvalidSpec",
-        "spec.devicePlugin.container.volumeMounts[0].mountPath: the operator already mounts /var/lib/kubelet/device-plugins".into(),
-    )
-    .await?;
+    wait_degraded(&env, ns, "self-mount", "InvalidSpec", "spec.devicePlugin.container.volumeMounts[0].mountPath: the operator already mounts /var/lib/kubelet/device-plugins").await?;
 
     // The API server refuses the DaemonSet (here an admission policy): said on the Module, and
     // the module itself still loads.
@@ -1371,10 +1334,12 @@ async fn device_plugin_problems_are_named_on_the_module(env: Arc<Env>) -> Result
         ),
     )
     .await?;
-    degraded(
+    wait_degraded(
+        &env,
+        ns,
         "refused",
         "DevicePluginFailed",
-        "DaemonSets are not allowed in this namespace".into(),
+        "DaemonSets are not allowed in this namespace",
     )
     .await?;
     wait_loaded(
