@@ -98,6 +98,22 @@ fn view(state: ImageState, pinned: Option<String>, message: impl Into<Option<Str
     }
 }
 
+/// `v`, keeping `last` as its pin when it has none: a pin is only ever replaced by a new one,
+/// never dropped by a build, a signature, a missing image or a failure, so no ManifestWork loses
+/// a kernel while its image is being worked on.
+fn keep_pin(mut v: ImageView, last: Option<String>) -> ImageView {
+    if v.pinned.is_none()
+        && let Some(p) = last
+    {
+        if v.state.is_problem() {
+            let m = v.message.take().unwrap_or_default();
+            v.message = Some(format!("{m}; the last digest {p} stays rendered"));
+        }
+        v.pinned = Some(p);
+    }
+    v
+}
+
 /// Backoff for failed lookups: 15 s doubling to 10 min.
 fn backoff(failures: u32) -> Duration {
     Duration::from_secs(15u64.saturating_mul(1 << failures.min(6).saturating_sub(1))).min(Duration::from_secs(600))
@@ -196,9 +212,15 @@ impl Pipeline {
 
     /// Drops `mcm` as a requester everywhere, and images nobody needs any more.
     pub fn forget(&self, mcm: &str) {
+        self.retain_requesters(|m| m != mcm);
+    }
+
+    /// Keeps only the requesters for which `exists` holds (MCMs deleted without the controller
+    /// seeing a deletion timestamp leave no trace), and the images somebody still needs.
+    pub fn retain_requesters(&self, exists: impl Fn(&str) -> bool) {
         let mut entries = self.entries.lock().expect("pipeline lock");
         for e in entries.values_mut() {
-            e.requesters.remove(mcm);
+            e.requesters.retain(|m| exists(m));
         }
         entries.retain(|_, e| !e.requesters.is_empty() || e.running);
     }
@@ -227,10 +249,10 @@ impl Pipeline {
         }
     }
 
-    /// Shows progress (Building, Signing) while a task runs.
+    /// Shows progress (Building, Signing) while a task runs; the last pin stays.
     fn progress(&self, key: &ImageKey, v: ImageView) {
         if let Some(e) = self.entries.lock().expect("pipeline lock").get_mut(key) {
-            e.view = v;
+            e.view = keep_pin(v, e.view.pinned.take());
         }
         self.notify(key);
     }
@@ -259,7 +281,7 @@ impl Pipeline {
         {
             let mut entries = self.entries.lock().expect("pipeline lock");
             if let Some(e) = entries.get_mut(&key) {
-                e.view = outcome.view.clone();
+                e.view = keep_pin(outcome.view.clone(), e.view.pinned.take());
                 e.running = false;
                 e.resolved_at = Some(Instant::now());
                 e.built = built.or(e.built.take());
@@ -504,20 +526,28 @@ impl Pipeline {
         })
     }
 
-    /// MOD_NAME and MOD_NAMESPACE come from the image's first requester: an image shared by
-    /// several MCMs has them in its reference only if they are identical anyway.
+    /// MOD_NAME and MOD_NAMESPACE come from the image's oldest requester (by creation time, then
+    /// name): an image shared by several MCMs has them in its reference only if they are identical
+    /// anyway, and adding an MCM never changes the choice, so it never changes the build.
     fn first_requester(&self, need: &ImageNeed) -> (String, String) {
         let key = ImageKey {
             image: need.image.clone(),
             secret: need.pull_secret.clone(),
         };
-        let name = self.requesters(&key).into_iter().next().unwrap_or_default();
-        let ns = self
-            .mcms
-            .get(&ObjectRef::new(&name))
-            .map(|m| m.spec.spoke_namespace.clone())
-            .unwrap_or_default();
-        (name, ns)
+        let oldest = self
+            .requesters(&key)
+            .into_iter()
+            .filter_map(|name| self.mcms.get(&ObjectRef::new(&name)))
+            .min_by(|a, b| {
+                let created = |m: &ManagedClusterModule| m.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                created(a)
+                    .cmp(&created(b))
+                    .then_with(|| a.name_any().cmp(&b.name_any()))
+            });
+        match oldest {
+            Some(m) => (m.name_any(), m.spec.spoke_namespace.clone()),
+            None => Default::default(),
+        }
     }
 
     fn build_hash(&self, need: &ImageNeed) -> String {
@@ -769,6 +799,28 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pin_is_only_replaced_never_dropped() {
+        let last = Some("reg.local/kmm/m@sha256:1".to_string());
+        let building = keep_pin(view(ImageState::Building, None, None), last.clone());
+        assert_eq!(building.pinned, last);
+        assert_eq!(building.message, None);
+        let failed = keep_pin(
+            view(ImageState::Failed, None, "build pod failed".to_string()),
+            last.clone(),
+        );
+        assert_eq!(failed.pinned, last);
+        assert!(failed.message.unwrap().contains("stays rendered"));
+        let missing = keep_pin(view(ImageState::Missing, None, "not found".to_string()), last.clone());
+        assert_eq!((missing.state, missing.pinned), (ImageState::Missing, last.clone()));
+        let new = keep_pin(
+            view(ImageState::Ready, Some("reg.local/kmm/m@sha256:2".into()), None),
+            last,
+        );
+        assert_eq!(new.pinned.as_deref(), Some("reg.local/kmm/m@sha256:2"));
+        assert_eq!(keep_pin(view(ImageState::Pending, None, None), None).pinned, None);
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -10,7 +10,7 @@ use shared_api::module::DaemonSetStatus;
 use shared_api::ocm::{KERNEL_VERSIONS_CLAIM, ManifestWork};
 
 use super::images::{ClusterPlan, KernelImage, KernelResolution, McmPlan};
-use super::render::PinnedKernel;
+use super::render::{PinnedKernel, rendered_literals};
 
 /// Where an image stands in the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,8 +102,12 @@ pub struct ClusterWork<'a> {
     pub cluster: &'a ClusterPlan,
     /// Kernels with a pinned image.
     pub pinned: Vec<PinnedKernel<'a>>,
-    /// Whether a ManifestWork should be rendered.
+    /// Whether a ManifestWork should be rendered: only when every kernel of the cluster that a
+    /// mapping selects has a pinned image. Otherwise the last applied ManifestWork stays as it
+    /// is (a Module with fewer kernels would unload the module from the others' nodes).
     pub render: bool,
+    /// Why the ManifestWork is held at its last applied content, when it is.
+    pub held: Option<String>,
     /// Problems that need the administrator.
     pub problems: Vec<String>,
     /// Things still under way, or facts worth showing (an unmapped kernel).
@@ -121,6 +125,7 @@ pub fn cluster_work<'a>(
         cluster,
         pinned: Vec::new(),
         render: false,
+        held: None,
         problems: Vec::new(),
         notes: Vec::new(),
     };
@@ -138,16 +143,23 @@ pub fn cluster_work<'a>(
         w.problems.push(e.clone());
         return w;
     }
+    // Kernels that hold the ManifestWork back: mapped, but without a pinned image yet, or whose
+    // mapping cannot be used.
+    let mut holding: Vec<String> = Vec::new();
     for k in kernels {
         match plan.kernels.get(k) {
             None | Some(KernelResolution::Unmapped) => w.notes.push(format!("kernel {k}: no kernelMapping matches")),
-            Some(KernelResolution::Error(e)) => w.problems.push(format!("kernel {k}: {e}")),
+            Some(KernelResolution::Error(e)) => {
+                w.problems.push(format!("kernel {k}: {e}"));
+                holding.push(format!("kernel {k} (its mapping cannot be used)"));
+            }
             Some(KernelResolution::Mapped(ki)) => {
                 let view = images.get(&ki.image);
-                if let Some(pinned) = view.and_then(|v| v.pinned.as_deref()) {
-                    w.pinned.push(PinnedKernel { kernel: ki, pinned });
-                }
                 let (state, message) = view.map_or((ImageState::Pending, None), |v| (v.state, v.message.as_deref()));
+                match view.and_then(|v| v.pinned.as_deref()) {
+                    Some(pinned) => w.pinned.push(PinnedKernel { kernel: ki, pinned }),
+                    None => holding.push(format!("image {} (kernel {}) is {state}", ki.image, ki.kernel)),
+                }
                 if state != ImageState::Ready {
                     let line = image_line(ki, state, message);
                     if state.is_problem() {
@@ -159,7 +171,15 @@ pub fn cluster_work<'a>(
             }
         }
     }
-    w.render = !w.pinned.is_empty();
+    if holding.is_empty() {
+        // Every mapped kernel is pinned. With none mapped there is nothing to send.
+        w.render = !w.pinned.is_empty();
+    } else {
+        w.held = Some(format!(
+            "the ManifestWork keeps its last applied content until every kernel has an image: {}",
+            holding.join(", ")
+        ));
+    }
     w
 }
 
@@ -176,10 +196,10 @@ fn feedback(mw: &ManifestWork, mcm: &ManagedClusterModule, prefix: &str) -> Opti
     let name = mcm.metadata.name.as_deref().unwrap_or_default();
     let kind = "Module";
     let ns = mcm.spec.spoke_namespace.as_str();
-    let get = |v: &str| status.feedback_integer(kind, ns, name, &format!("{prefix}{v}"));
-    let available = get("Available");
-    let desired = get("Desired");
-    let matching = get("NodesMatching");
+    let get = |v: &str| status.feedback_integer(kind, ns, name, &format!("{prefix}.{v}"));
+    let available = get("availableNumber");
+    let desired = get("desiredNumber");
+    let matching = get("nodesMatchingSelectorNumber");
     if available.is_none() && desired.is_none() && matching.is_none() {
         return None;
     }
@@ -253,15 +273,22 @@ pub fn mcm_status(
             problems.push(format!("{name}: {}", cluster_problems[0]));
         }
         let mut reason: Vec<String> = cluster_problems;
+        reason.extend(w.held.iter().cloned());
         reason.extend(w.notes.iter().cloned());
+        // What the cluster has: this round's rendering, or, while held, the last applied one.
+        let rendered_kernels = if w.render {
+            w.pinned.iter().map(|p| p.kernel.kernel.clone()).collect()
+        } else {
+            mw.map(rendered_literals).unwrap_or_default()
+        };
         status.clusters.push(ClusterModuleStatus {
             name: name.clone(),
             kernels: w.cluster.kernels.clone().unwrap_or_default(),
             applied,
-            rendered_kernels: w.pinned.iter().map(|p| p.kernel.kernel.clone()).collect(),
+            rendered_kernels,
             reason: (!reason.is_empty()).then(|| reason.join("; ")),
-            module_loader: mw.and_then(|m| feedback(m, mcm, "loader")),
-            device_plugin: mw.and_then(|m| feedback(m, mcm, "plugin")),
+            module_loader: mw.and_then(|m| feedback(m, mcm, "moduleLoader")),
+            device_plugin: mw.and_then(|m| feedback(m, mcm, "devicePlugin")),
         });
     }
     let generation = mcm.metadata.generation;
@@ -396,9 +423,9 @@ mod tests {
                     },
                     status_feedback: StatusFeedback {
                         values: vec![
-                            int("loaderAvailable", available),
-                            int("loaderDesired", 2),
-                            int("loaderNodesMatching", 3),
+                            int("moduleLoader.availableNumber", available),
+                            int("moduleLoader.desiredNumber", 2),
+                            int("moduleLoader.nodesMatchingSelectorNumber", 3),
                         ],
                         ..Default::default()
                     },
@@ -432,10 +459,20 @@ mod tests {
         ]
         .into();
         let work: Vec<_> = p.clusters.iter().map(|c| cluster_work(&m, &p, c, &images)).collect();
-        assert!(work.iter().all(|w| w.render));
-        assert_eq!(work[1].pinned.len(), 1, "6.2.0 waits for its build");
+        assert!(work[0].render);
+        // b's 6.1.0 is pinned, but 6.2.0 waits for its build: b's ManifestWork is held as a whole.
+        assert!(
+            !work[1].render,
+            "a cluster never gets a Module with only some of its kernels"
+        );
+        assert_eq!(work[1].pinned.len(), 1);
         assert!(work[1].problems.is_empty());
         assert!(work[1].notes[0].contains("Building"));
+        let held = work[1].held.as_deref().unwrap();
+        assert!(
+            held.contains("reg.local/kmm/m:6.2.0 (kernel 6.2.0) is Building"),
+            "{held}"
+        );
 
         let a = applied_work(2);
         let works: BTreeMap<_, _> = [("a".to_string(), &a)].into();
@@ -450,6 +487,13 @@ mod tests {
             })
         );
         assert_eq!(s.images.len(), 2);
+        assert!(
+            s.clusters[1]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("keeps its last applied content")
+        );
         assert!(conditions::is_true(&s.conditions, conditions::PROGRESSING));
         assert!(!conditions::is_true(&s.conditions, conditions::AVAILABLE));
         assert!(!conditions::is_true(&s.conditions, conditions::DEGRADED));
@@ -481,6 +525,46 @@ mod tests {
         let d = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
         assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "ClustersDegraded"));
         assert!(d.message.contains("connection refused"), "{}", d.message);
+    }
+
+    #[test]
+    fn a_held_cluster_shows_what_it_last_got() {
+        let m = mcm(vec![regexp(".*", "reg.local/kmm/m:${KERNEL_FULL_VERSION}")]);
+        let clusters = vec![cluster("a", &[("env", "prod")], Some(&["6.1.0", "6.2.0"]))];
+        let p = plan(&m, &clusters);
+        let both: BTreeMap<_, _> = [
+            ("reg.local/kmm/m:6.1.0".to_string(), ready("reg.local/kmm/m@sha256:1")),
+            ("reg.local/kmm/m:6.2.0".to_string(), ready("reg.local/kmm/m@sha256:2")),
+        ]
+        .into();
+        let w = cluster_work(&m, &p, &p.clusters[0], &both);
+        assert!(w.render && w.held.is_none());
+        let last = crate::plan::render::manifest_work(&m, "a", &w.pinned);
+        assert_eq!(rendered_literals(&last), ["6.1.0", "6.2.0"]);
+
+        // After a restart only 6.1.0 is known yet: held, and the status shows both kernels.
+        let one: BTreeMap<_, _> = [("reg.local/kmm/m:6.1.0".to_string(), ready("reg.local/kmm/m@sha256:1"))].into();
+        let w = cluster_work(&m, &p, &p.clusters[0], &one);
+        assert!(!w.render);
+        assert!(w.held.as_deref().unwrap().contains("6.2.0) is Pending"));
+        let works: BTreeMap<_, _> = [("a".to_string(), &last)].into();
+        let s = mcm_status(&m, &p, &[w], &one, &works, None, now());
+        assert_eq!(s.clusters[0].rendered_kernels, ["6.1.0", "6.2.0"]);
+
+        // A failed re-build keeps its last pin: the cluster keeps being rendered with it.
+        let mut failed = both.clone();
+        failed.insert(
+            "reg.local/kmm/m:6.2.0".to_string(),
+            ImageView {
+                state: ImageState::Failed,
+                pinned: Some("reg.local/kmm/m@sha256:2".into()),
+                message: Some("build pod failed".into()),
+            },
+        );
+        let w = cluster_work(&m, &p, &p.clusters[0], &failed);
+        assert!(w.render);
+        assert_eq!(w.pinned.len(), 2);
+        assert!(w.problems[0].contains("Failed"));
     }
 
     #[test]
