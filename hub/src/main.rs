@@ -155,13 +155,10 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
             gc_delay: config.job.gc_delay,
             build_timeout: args.build_timeout,
         },
-        lease: config.leader_election.enabled.then(|| LeaseConfig {
-            namespace: args.namespace,
-            name: config.leader_election.resource_id.clone(),
-            identity,
-            duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
-        }),
+        lease: config
+            .leader_election
+            .enabled
+            .then(|| LeaseConfig::with_defaults(args.namespace, config.leader_election.resource_id.clone(), identity)),
         webhook,
         config,
     };

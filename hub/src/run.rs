@@ -41,6 +41,8 @@ pub struct Options {
 /// Runs until `shutdown` is cancelled or leadership is lost.
 pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Ready means "serving": a standby replica is Ready too (upstream's readyz is a ping), so a
+    // rolling update of a one-replica Deployment completes while the old pod holds the lease.
     let ready = Arc::new(AtomicBool::new(false));
     let encode = {
         let metrics = metrics.clone();
@@ -57,6 +59,8 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         )
         .await?;
     }
+
+    ready.store(true, Ordering::SeqCst);
 
     if let Some(lease) = &opts.lease {
         let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
@@ -99,11 +103,14 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
             .default_backoff()
             .touched_objects()
             .for_each(move |c| {
-                if c.is_ok() {
+                match c {
                     // A cluster's labels or kernels can change what every MCM selects and needs.
-                    for m in mcms.state() {
-                        let _ = clusters_to_mcms.send(ObjectRef::from_obj(m.as_ref()));
+                    Ok(_) => {
+                        for m in mcms.state() {
+                            let _ = clusters_to_mcms.send(ObjectRef::from_obj(m.as_ref()));
+                        }
                     }
+                    Err(e) => watch_failed("ManagedCluster", &e),
                 }
                 async {}
             });
@@ -117,8 +124,13 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
             .default_backoff()
             .touched_objects()
             .for_each(move |w| {
-                if let Some(owner) = w.ok().as_ref().and_then(controller::owner_of) {
-                    let _ = works_to_mcms.send(owner);
+                match w {
+                    Ok(w) => {
+                        if let Some(owner) = controller::owner_of(&w) {
+                            let _ = works_to_mcms.send(owner);
+                        }
+                    }
+                    Err(e) => watch_failed("ManifestWork", &e),
                 }
                 async {}
             });
@@ -131,7 +143,12 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                 ),
             )
             .default_backoff()
-            .for_each(|_| async {});
+            .for_each(|e| {
+                if let Err(e) = e {
+                    watch_failed("build Pod", &e);
+                }
+                async {}
+            });
             futures::future::join3(cluster_events, work_events, pod_events).await
         }
     };
@@ -167,18 +184,22 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         .run(controller::reconcile, controller::error_policy, ctx.clone())
         .for_each(|_| async {});
     drop(to_mcms);
-
-    let readiness = {
-        let (clusters, works, pods, ready) = (clusters.clone(), works.clone(), pods.clone(), ready.clone());
+    // No reconcile before every cache it reads has its initial list: a reconcile that saw our
+    // ManifestWorks but not yet the ManagedClusters would plan over no cluster and delete every
+    // ManifestWork. The MCMs' own store is the controller's, which fills before it reconciles.
+    let mcm_controller = {
+        let (clusters, works, pods, token) = (clusters.clone(), works.clone(), pods.clone(), shutdown.clone());
         async move {
-            let _ = futures::future::join3(
+            let synced = futures::future::join3(
                 clusters.wait_until_ready(),
                 works.wait_until_ready(),
                 pods.wait_until_ready(),
-            )
-            .await;
-            ready.store(true, Ordering::SeqCst);
-            tracing::info!("caches synced; ready");
+            );
+            tokio::select! {
+                _ = synced => tracing::info!("caches synced; reconciling"),
+                _ = token.cancelled() => return,
+            }
+            mcm_controller.await
         }
     };
     let gauges = {
@@ -189,6 +210,8 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                 tokio::select! { _ = tick.tick() => {}, _ = token.cancelled() => break }
                 let all = mcms.state();
                 metrics.mcms.set(all.len() as i64);
+                // MCMs that are gone (deleted before a reconcile saw them go) request nothing.
+                pipeline.retain_requesters(|name| mcms.get(&ObjectRef::new(name)).is_some());
                 let targeted: i32 = all
                     .iter()
                     .filter_map(|m| m.status.as_ref())
@@ -205,7 +228,6 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     let drivers = tokio::spawn(drivers);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(mcm_controller);
-    tasks.spawn(readiness);
     tasks.spawn(gauges);
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -214,4 +236,10 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A watch error (refused, unreachable): said in the log; the watch retries with backoff, and
+/// the controller does not reconcile before its caches have their first list.
+fn watch_failed(kind: &str, e: &watcher::Error) {
+    tracing::warn!(error = %e, "{kind} watch failed; retrying with backoff");
 }

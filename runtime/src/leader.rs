@@ -20,8 +20,26 @@ pub struct LeaseConfig {
     pub identity: String,
     /// How long a lease is valid without renewal.
     pub duration: Duration,
-    /// How often the holder renews.
+    /// How long the holder keeps trying to renew before it gives up and stops. Shorter than
+    /// `duration`, so a holder that cannot renew stops reconciling before another replica may
+    /// take the lease (controller-runtime: 15 s lease, 10 s renew deadline, 2 s retry period).
+    pub renew_deadline: Duration,
+    /// How often the holder renews, and a candidate retries.
     pub renew_every: Duration,
+}
+
+impl LeaseConfig {
+    /// controller-runtime's defaults: a 15 s lease, renewed every 2 s, given up after 10 s.
+    pub fn with_defaults(namespace: String, name: String, identity: String) -> Self {
+        Self {
+            namespace,
+            name,
+            identity,
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            renew_every: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Why the lease could not be handled.
@@ -104,7 +122,8 @@ pub async fn acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<(), LeaseErr
     }
 }
 
-/// Renews the lease until renewal fails for a whole lease duration; returns why it stopped.
+/// Renews the lease until renewal fails for the renew deadline, or another replica holds it;
+/// returns why it stopped.
 pub async fn hold(api: &Api<Lease>, cfg: &LeaseConfig) -> LeaseError {
     let mut last_ok = tokio::time::Instant::now();
     loop {
@@ -114,8 +133,8 @@ pub async fn hold(api: &Api<Lease>, cfg: &LeaseConfig) -> LeaseError {
             Ok(false) => return LeaseError::Lost(cfg.name.clone(), cfg.duration),
             Err(e) => tracing::warn!(error = %e, "renewing the leader lease"),
         }
-        if last_ok.elapsed() > cfg.duration {
-            return LeaseError::Lost(cfg.name.clone(), cfg.duration);
+        if last_ok.elapsed() > cfg.renew_deadline {
+            return LeaseError::Lost(cfg.name.clone(), cfg.renew_deadline);
         }
     }
 }

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -209,13 +208,10 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
         worker_service_account: args.worker_service_account,
         device_plugin_service_account: args.device_plugin_service_account,
         managed: args.managed,
-        lease: config.leader_election.enabled.then(|| LeaseConfig {
-            namespace: args.namespace,
-            name: config.leader_election.resource_id.clone(),
-            identity,
-            duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
-        }),
+        lease: config
+            .leader_election
+            .enabled
+            .then(|| LeaseConfig::with_defaults(args.namespace, config.leader_election.resource_id.clone(), identity)),
         webhook,
         self_signed,
         config,

@@ -60,6 +60,8 @@ where
 /// Runs until `shutdown` is cancelled or leadership is lost.
 pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Ready means "serving": a standby replica is Ready too (upstream's readyz is a ping), so a
+    // rolling update of a one-replica Deployment completes while the old pod holds the lease.
     let ready = Arc::new(AtomicBool::new(false));
     let encode = {
         let metrics = metrics.clone();
@@ -85,6 +87,8 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         )
         .await?;
     }
+
+    ready.store(true, Ordering::SeqCst);
 
     if let Some(lease) = &opts.lease {
         let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
@@ -243,17 +247,12 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         .for_each(|_| async {});
     drop((to_modules, to_nmcs));
 
-    let claims = publish_claims(
-        opts.managed,
-        client.clone(),
-        nodes.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    );
-
-    // Readiness waits on the caches this function owns. A store's wait_until_ready keeps a single
-    // waker, so the controllers' own stores are left to the controllers that wait on them.
-    let readiness = {
+    // No reconcile before every cache the controllers read has its initial list: a Module
+    // planned over a node cache that is still empty would withdraw its entry from every node and
+    // unload it everywhere. One task waits (a store's wait_until_ready keeps a single waker, so
+    // the controllers' own stores are left to the controllers) and tells the others.
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let caches = {
         let stores = (
             nodes.clone(),
             nmcs.clone(),
@@ -261,7 +260,6 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
             plugin_pods.clone(),
             plugin_daemonsets.clone(),
         );
-        let ready = ready.clone();
         async move {
             let (nodes, nmcs, worker_pods, plugin_pods, daemonsets) = stores;
             let _ = futures::future::join5(
@@ -272,10 +270,30 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                 daemonsets.wait_until_ready(),
             )
             .await;
-            ready.store(true, Ordering::SeqCst);
-            tracing::info!("caches synced; ready");
+            tracing::info!("caches synced; reconciling");
+            let _ = synced_tx.send(true);
         }
     };
+    let after_sync = |task: futures::future::BoxFuture<'static, ()>| {
+        let (mut synced, token) = (synced.clone(), shutdown.clone());
+        async move {
+            tokio::select! {
+                r = synced.wait_for(|s| *s) => if r.is_err() { return },
+                _ = token.cancelled() => return,
+            }
+            task.await
+        }
+    };
+    let module_controller = after_sync(Box::pin(module_controller));
+    let node_controller = after_sync(Box::pin(node_controller));
+
+    let claims = publish_claims(
+        opts.managed,
+        client.clone(),
+        nodes.clone(),
+        synced.clone(),
+        shutdown.clone(),
+    );
     let modules_gauge = {
         let (modules, metrics, token) = (modules.clone(), metrics.clone(), shutdown.clone());
         async move {
@@ -293,7 +311,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     tasks.spawn(module_controller);
     tasks.spawn(node_controller);
     tasks.spawn(claims);
-    tasks.spawn(readiness);
+    tasks.spawn(caches);
     tasks.spawn(modules_gauge);
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -312,7 +330,7 @@ async fn publish_claims(
     managed: bool,
     client: Client,
     nodes: Store<Node>,
-    ready: Arc<AtomicBool>,
+    synced: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     if !managed {
@@ -326,7 +344,7 @@ async fn publish_claims(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        if !ready.load(Ordering::SeqCst) {
+        if !*synced.borrow() {
             continue;
         }
         let value = claim::claim_value(&nodes);
