@@ -22,20 +22,28 @@ use super::images::KernelImage;
 pub const SPEC_HASH_ANNOTATION: &str = "hub.kmm.sigs.x-k8s.io/spec-hash";
 
 /// Status feedback names, with their paths in the spoke Module (the work agent evaluates them on
-/// the whole object, so they start with `.status`).
-pub const FEEDBACK: [(&str, &str); 6] = [
+/// the whole object, so they start with `.status`). Names and paths are upstream KMM-Hub's
+/// (`internal/manifestwork/manifestwork.go`), so tools reading the feedback keep working; the
+/// `dra.*` values are absent until the spoke Module reports DRA status.
+pub const FEEDBACK: [(&str, &str); 9] = [
+    ("devicePlugin.availableNumber", ".status.devicePlugin.availableNumber"),
+    ("devicePlugin.desiredNumber", ".status.devicePlugin.desiredNumber"),
     (
-        "loaderNodesMatching",
-        ".status.moduleLoader.nodesMatchingSelectorNumber",
-    ),
-    ("loaderDesired", ".status.moduleLoader.desiredNumber"),
-    ("loaderAvailable", ".status.moduleLoader.availableNumber"),
-    (
-        "pluginNodesMatching",
+        "devicePlugin.nodesMatchingSelectorNumber",
         ".status.devicePlugin.nodesMatchingSelectorNumber",
     ),
-    ("pluginDesired", ".status.devicePlugin.desiredNumber"),
-    ("pluginAvailable", ".status.devicePlugin.availableNumber"),
+    ("dra.availableNumber", ".status.dra.availableNumber"),
+    ("dra.desiredNumber", ".status.dra.desiredNumber"),
+    (
+        "dra.nodesMatchingSelectorNumber",
+        ".status.dra.nodesMatchingSelectorNumber",
+    ),
+    ("moduleLoader.availableNumber", ".status.moduleLoader.availableNumber"),
+    ("moduleLoader.desiredNumber", ".status.moduleLoader.desiredNumber"),
+    (
+        "moduleLoader.nodesMatchingSelectorNumber",
+        ".status.moduleLoader.nodesMatchingSelectorNumber",
+    ),
 ];
 
 /// A kernel with its image pinned to a digest.
@@ -123,9 +131,11 @@ pub fn manifest_work(mcm: &ManagedClusterModule, cluster: &str, kernels: &[Pinne
                     .collect(),
             }],
             // Server-side apply keeps the spoke's own fields (its finalizer) out of the agent's way.
+            // Forced, so a Module another manager wrote (upstream KMM-Hub's work agent updates
+            // with its Update strategy) is taken over instead of failing on conflicts.
             update_strategy: Some(UpdateStrategy {
                 type_: "ServerSideApply".into(),
-                server_side_apply: None,
+                server_side_apply: Some(json!({"force": true})),
             }),
             ..Default::default()
         }],
@@ -156,6 +166,19 @@ pub fn manifest_work(mcm: &ManagedClusterModule, cluster: &str, kernels: &[Pinne
         spec,
         status: None,
     }
+}
+
+/// The kernels a ManifestWork carries: the `literal` of each kernel mapping of its Module.
+pub fn rendered_literals(mw: &ManifestWork) -> Vec<String> {
+    mw.spec
+        .workload
+        .manifests
+        .iter()
+        .filter(|m| m.get("kind").and_then(|k| k.as_str()) == Some("Module"))
+        .filter_map(|m| m.pointer("/spec/moduleLoader/container/kernelMappings")?.as_array())
+        .flatten()
+        .filter_map(|k| k.get("literal")?.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The spec hash recorded on an existing ManifestWork.
@@ -247,7 +270,18 @@ mod tests {
         let cfg = &mw.spec.manifest_configs[0];
         assert_eq!(cfg.resource_identifier.resource, "modules");
         assert_eq!(cfg.resource_identifier.namespace, "kmm-ci");
-        assert_eq!(cfg.feedback_rules[0].json_paths.len(), 6);
+        // Upstream KMM-Hub's feedback names, so tools reading the feedback keep working.
+        let names: Vec<&str> = cfg.feedback_rules[0]
+            .json_paths
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(names.len(), 9);
+        assert!(names.contains(&"moduleLoader.availableNumber") && names.contains(&"dra.desiredNumber"));
+        let ssa = cfg.update_strategy.as_ref().unwrap();
+        assert_eq!(ssa.type_, "ServerSideApply");
+        assert_eq!(ssa.server_side_apply, Some(json!({"force": true})));
+        assert_eq!(rendered_literals(&mw), ["6.1.0", "6.2.0"]);
     }
 
     #[test]
