@@ -274,6 +274,11 @@ impl Fleet {
         self.sup.stop(name, Duration::from_secs(3))
     }
 
+    /// Kill one process by its name with SIGKILL, without a graceful shutdown.
+    pub fn kill_process(&self, name: &str) -> Result<()> {
+        self.sup.kill(name)
+    }
+
     /// Stop every process and remove the etcd data (logs are kept).
     pub fn teardown(&self) {
         self.sup.teardown();

@@ -192,6 +192,19 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Kill one process by name at once (SIGKILL to its group), as a node failure or the OOM
+    /// killer would: no graceful shutdown.
+    pub fn kill(&self, name: &str) -> Result<()> {
+        let mut procs = self.procs.lock().unwrap();
+        let Some(e) = procs.iter_mut().rev().find(|e| e.name == name && e.exited.is_none()) else {
+            bail!("no process named {name}");
+        };
+        e.exited = Some("killed".into());
+        let _ = killpg(Pid::from_raw(e.child.id() as i32), Signal::SIGKILL);
+        let _ = e.child.wait();
+        Ok(())
+    }
+
     /// (name, pid) of every process still running.
     pub fn pids(&self) -> Vec<(String, u32)> {
         let mut procs = self.procs.lock().unwrap();

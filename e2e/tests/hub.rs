@@ -66,6 +66,12 @@ struct Env {
     /// A client acting as the hub's ServiceAccount (what kmm-hub runs as).
     hub_sa: Client,
     hub_log: PathBuf,
+    /// The first kmm-hub's process name (the restart trial stops it).
+    hub_process: String,
+    /// What another kmm-hub replica needs: the webhook certificates and the ServiceAccount's
+    /// kubeconfig.
+    hub_certs: PathBuf,
+    hub_sa_kubeconfig: PathBuf,
     /// kmm-hub's /metrics (HTTPS, TokenReview and SubjectAccessReview as the manifest configures).
     hub_metrics_port: u16,
     _executor: StandInExecutor,
@@ -265,8 +271,6 @@ async fn start() -> Result<Env> {
     }
     // kmm-hub as its ServiceAccount, with the configuration file of the manifest's ConfigMap
     // (only the addresses moved to loopback ports and the certificate directory to ours).
-    let hub_bin = our_binary("kmm-hub")?;
-    let (health, webhook, metrics) = (e2e::net::free_port()?, e2e::net::free_port()?, e2e::net::free_port()?);
     let certs = tmp.join("hub-webhook-certs");
     std::fs::create_dir_all(&certs)?;
     let ca = e2e::certs::Ca::new("kmm-e2e-hub-webhook-ca")?;
@@ -276,34 +280,11 @@ async fn start() -> Result<Env> {
     )?;
     e2e::certs::write(&certs.join("tls.crt"), &serving.cert_pem)?;
     e2e::certs::write(&certs.join("tls.key"), &serving.key_pem)?;
-    let mut config = manifest_config("hub/config.yaml", "kmm-hub-manager-config")?;
-    config["healthProbeBindAddress"] = json!(format!("127.0.0.1:{health}"));
-    config["webhook"]["host"] = json!("127.0.0.1");
-    config["webhook"]["port"] = json!(webhook);
-    config["webhook"]["certDir"] = json!(certs.display().to_string());
-    config["metrics"]["bindAddress"] = json!(format!("127.0.0.1:{metrics}"));
-    let config_file = tmp.join("hub_controller_config.yaml");
-    std::fs::write(&config_file, serde_json::to_string_pretty(&config)?)?;
     let sa_kubeconfig = fleet.hub.impersonating_kubeconfig(HUB_NS, HUB_SA)?;
     let hub_sa = e2e::cluster::client_from_kubeconfig(&sa_kubeconfig).await?;
-    let hub_log = fleet.spawn(
-        Spawn::new("kmm-hub", &hub_bin)
-            .args([
-                "run",
-                "--config",
-                &config_file.display().to_string(),
-                "--webhook=on",
-                &format!("--namespace={HUB_NS}"),
-                "--registry-timeout=5s",
-                "--build-image=kaniko-executor:e2e",
-            ])
-            .env("POD_NAME", HUB_POD)
-            .env("KUBECONFIG", sa_kubeconfig.display().to_string())
-            .env(
-                "RUST_LOG",
-                std::env::var("KMM_E2E_HUB_LOG").unwrap_or_else(|_| "info,kmm_hub=debug".into()),
-            ),
-    )?;
+    let hub_process = spawn_hub(&fleet, &tmp, &certs, &sa_kubeconfig, "kmm-hub", HUB_POD)?;
+    let (health, webhook, metrics) = (hub_process.health, hub_process.webhook, hub_process.metrics);
+    let hub_log = hub_process.log.clone();
     ready_ports.push(health);
     for port in ready_ports {
         e2e::wait::poll(
@@ -347,8 +328,68 @@ async fn start() -> Result<Env> {
         kubectl: kubectl_bin,
         hub_sa,
         hub_log,
+        hub_process: hub_process.name,
+        hub_certs: certs,
+        hub_sa_kubeconfig: sa_kubeconfig,
         hub_metrics_port: metrics,
         _executor: executor,
+    })
+}
+
+/// One `kmm-hub run` process and its loopback ports.
+struct HubProcess {
+    /// The supervisor's name of the process.
+    name: String,
+    log: PathBuf,
+    health: u16,
+    webhook: u16,
+    metrics: u16,
+}
+
+/// Starts `kmm-hub run` as the hub's ServiceAccount with the manifest's configuration (leader
+/// election on the manifest's Lease), on ports of its own, as pod `pod`.
+fn spawn_hub(
+    fleet: &Fleet,
+    tmp: &Path,
+    certs: &Path,
+    sa_kubeconfig: &Path,
+    name: &str,
+    pod: &str,
+) -> Result<HubProcess> {
+    let hub_bin = our_binary("kmm-hub")?;
+    let (health, webhook, metrics) = (e2e::net::free_port()?, e2e::net::free_port()?, e2e::net::free_port()?);
+    let mut config = manifest_config("hub/config.yaml", "kmm-hub-manager-config")?;
+    config["healthProbeBindAddress"] = json!(format!("127.0.0.1:{health}"));
+    config["webhook"]["host"] = json!("127.0.0.1");
+    config["webhook"]["port"] = json!(webhook);
+    config["webhook"]["certDir"] = json!(certs.display().to_string());
+    config["metrics"]["bindAddress"] = json!(format!("127.0.0.1:{metrics}"));
+    let config_file = tmp.join(format!("{name}_controller_config.yaml"));
+    std::fs::write(&config_file, serde_json::to_string_pretty(&config)?)?;
+    let log = fleet.spawn(
+        Spawn::new(name, &hub_bin)
+            .args([
+                "run",
+                "--config",
+                &config_file.display().to_string(),
+                "--webhook=on",
+                &format!("--namespace={HUB_NS}"),
+                "--registry-timeout=5s",
+                "--build-image=kaniko-executor:e2e",
+            ])
+            .env("POD_NAME", pod)
+            .env("KUBECONFIG", sa_kubeconfig.display().to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("KMM_E2E_HUB_LOG").unwrap_or_else(|_| "info,kmm_hub=debug".into()),
+            ),
+    )?;
+    Ok(HubProcess {
+        name: name.into(),
+        log,
+        health,
+        webhook,
+        metrics,
     })
 }
 
@@ -364,6 +405,8 @@ fn main() -> ExitCode {
         hub_service_account_is_refused_outside_its_role,
         hub_metrics_need_a_token_allowed_to_read_them,
         hub_log_shows_no_forbidden_request,
+        // Last: it replaces the kmm-hub process the trials above use.
+        restart_takeover_and_a_late_cache_never_take_a_module_away,
     ];
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
@@ -1237,6 +1280,328 @@ async fn hub_log_shows_no_forbidden_request(env: Arc<Env>) -> Result<()> {
     );
     for line in ["acquired the leader lease", "serving admission webhooks"] {
         ensure!(log.contains(line), "kmm-hub's log lacks {line:?}");
+    }
+    Ok(())
+}
+
+/// Deletes a manifest from the fleet's plain-HTTP registry (`DELETE /v2/<repo>/manifests/<digest>`),
+/// as a registry clean-up would: the tag then answers 404.
+async fn registry_delete_manifest(host: &str, repo: &str, digest: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(
+        format!(
+            "DELETE /v2/{repo}/manifests/{digest} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    ensure!(
+        out.starts_with("HTTP/1.1 202"),
+        "deleting {repo}@{digest}: {}",
+        out.lines().next().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// The holder of the hub's leader Lease.
+async fn lease_holder(env: &Env) -> Result<Option<String>> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.fleet.hub_client(), HUB_NS);
+    Ok(leases
+        .get_opt(HUB_LEASE)
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity))
+}
+
+/// The hub's dangerous windows, each of which used to take modules away from spoke nodes, walked
+/// on the real fleet with a module loaded on every node (spoke-a runs two kernels):
+/// - a second replica is Ready while the first holds the lease (readiness is not leadership, so a
+///   rolling update completes), and takes over within the lease time when the first is killed;
+/// - it starts while its ManagedCluster watch is refused (RBAC not there yet), so its
+///   ManifestWork cache fills and its ManagedCluster cache does not: it must not reconcile, where
+///   planning over no cluster deleted every ManifestWork;
+/// - after the restart one of spoke-a's two images is gone from the registry: its ManifestWork
+///   is held as it was (a Module with one kernel would unload the other kernel's node), and the
+///   status names the image; when the image is back nothing is rewritten.
+///
+/// Throughout, every node keeps its ready label and no ManifestWork is rewritten or deleted; the
+/// new leader runs no second build of an image the first built.
+async fn restart_takeover_and_a_late_cache_never_take_a_module_away(env: Arc<Env>) -> Result<()> {
+    let env = env.as_ref();
+    let hub = env.fleet.hub_client();
+    let registry = env.fleet.registry.as_ref().context("registry")?;
+    let host = registry.host.clone();
+    let (name, select) = ("kmm-ci-keep", "kmm-e2e-keep");
+
+    // spoke-a: a-0 on K1, a-1 on K3; spoke-b: b-0 on K2, whose image the hub builds.
+    env.fleet.spoke("spoke-a").set_kernel_version("a-1", K3).await?;
+    let mut digests = std::collections::BTreeMap::new();
+    for k in [K1, K3] {
+        let d = e2e::kmods::push(
+            &format!("{host}/kmm/keep:{k}"),
+            env.fixtures.layers(k)?,
+            &registry_auth(),
+        )
+        .await?;
+        digests.insert(k, d);
+    }
+    for c in ["spoke-a", "spoke-b"] {
+        label_cluster(env, c, select, Some("yes")).await?;
+    }
+    let m = mcm(
+        name,
+        select,
+        json!({
+            "modprobe": {"moduleName": "kmm_ci_a"},
+            "registryTLS": {"insecure": true},
+            "kernelMappings": [
+                {
+                    "literal": K2,
+                    "containerImage": format!("{host}/kmm/keep-built:${{KERNEL_FULL_VERSION}}"),
+                    "build": {"dockerfileConfigMap": {"name": "kmm-ci-dockerfile"}},
+                },
+                {"regexp": "^6\\.1\\.0-.*$", "containerImage": format!("{host}/kmm/keep:${{KERNEL_FULL_VERSION}}")},
+            ],
+        }),
+    )?;
+    let mcms: Api<ManagedClusterModule> = Api::all(hub.clone());
+    mcms.create(&PostParams::default(), &m).await?;
+    let label = ready_label(name);
+    let everywhere: [(&str, Vec<&str>); 2] = [("spoke-a", vec!["a-0", "a-1"]), ("spoke-b", vec!["b-0"])];
+    for (cluster, want) in &everywhere {
+        let client = env.fleet.spoke(cluster).client.clone();
+        let label = label.clone();
+        wait_for(env, &format!("{label} on {cluster}'s nodes"), 180, || {
+            let (client, label, want) = (client.clone(), label.clone(), want.clone());
+            async move { Ok((nodes_with_label(&client, &label).await? == want).then_some(())) }
+        })
+        .await?;
+    }
+    let a = work_module(env, "spoke-a", name)
+        .await?
+        .context("spoke-a's ManifestWork")?;
+    ensure!(
+        mappings(&a).iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>() == [K1, K3],
+        "spoke-a's Module: {:?}",
+        mappings(&a)
+    );
+    let generation = |cluster: &'static str| {
+        let hub = hub.clone();
+        async move {
+            let api: Api<ManifestWork> = Api::namespaced(hub, cluster);
+            Ok::<_, anyhow::Error>(api.get_opt(name).await?.and_then(|w| w.metadata.generation))
+        }
+    };
+    let before = (generation("spoke-a").await?, generation("spoke-b").await?);
+    ensure!(before.0.is_some() && before.1.is_some(), "ManifestWorks: {before:?}");
+    let builds = || async {
+        let events: Api<Event> = Api::all(env.fleet.hub_client());
+        Ok::<i32, anyhow::Error>(
+            events
+                .list(&ListParams::default())
+                .await?
+                .into_iter()
+                .filter(|e| {
+                    e.involved_object.name.as_deref() == Some(name) && e.reason.as_deref() == Some("BuildCreated")
+                })
+                .map(|e| e.count.unwrap_or(1).max(1))
+                .sum(),
+        )
+    };
+    ensure!(builds().await? == 1, "one build for K2, not {}", builds().await?);
+
+    // From here on, watch every node and both ManifestWorks.
+    let violations = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let monitor = {
+        let (violations, stop, label) = (violations.clone(), stop.clone(), label.clone());
+        let spokes: Vec<(String, Client, Vec<String>)> = everywhere
+            .iter()
+            .map(|(c, want)| {
+                (
+                    c.to_string(),
+                    env.fleet.spoke(c).client.clone(),
+                    want.iter().map(|s| s.to_string()).collect(),
+                )
+            })
+            .collect();
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                for (cluster, client, want) in &spokes {
+                    match nodes_with_label(client, &label).await {
+                        Ok(have) if &have != want => violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("{cluster}: ready on {have:?}, want {want:?}")),
+                        _ => {}
+                    }
+                    let api: Api<ManifestWork> = Api::namespaced(hub.clone(), cluster);
+                    match api.get_opt(name).await {
+                        Ok(None) => violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("{cluster}: ManifestWork deleted")),
+                        Ok(Some(w)) if w.metadata.deletion_timestamp.is_some() => violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("{cluster}: ManifestWork being deleted")),
+                        Ok(Some(w)) => {
+                            let want = if cluster == "spoke-a" { before.0 } else { before.1 };
+                            if w.metadata.generation != want {
+                                violations.lock().unwrap().push(format!(
+                                    "{cluster}: ManifestWork rewritten (generation {:?}, was {want:?})",
+                                    w.metadata.generation
+                                ));
+                            }
+                        }
+                        Err(_) => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+
+    // A second replica is Ready while the first holds the lease.
+    let standby = spawn_hub(
+        &env.fleet,
+        &env.tmp,
+        &env.hub_certs,
+        &env.hub_sa_kubeconfig,
+        "kmm-hub-standby",
+        "kmm-hub-standby",
+    )?;
+    let port = standby.health;
+    wait_for(env, "the standby kmm-hub Ready", 60, || async move {
+        Ok(http_get(port, "/readyz")
+            .await
+            .is_ok_and(|b| b.starts_with("HTTP/1.1 200"))
+            .then_some(()))
+    })
+    .await?;
+    ensure!(
+        lease_holder(env).await?.as_deref() == Some(HUB_POD),
+        "the standby is Ready, but the lease is not the first replica's"
+    );
+
+    // The ManagedCluster watch of the next leader is refused; one image of spoke-a is deleted.
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(hub.clone());
+    let mut role = roles.get("kmm-hub-manager").await?;
+    let rules = role.rules.take().unwrap_or_default();
+    let kept: Vec<_> = rules
+        .into_iter()
+        .filter(|r| !r.resources.iter().flatten().any(|x| x == "managedclusters"))
+        .collect();
+    role.rules = Some(kept);
+    role.metadata.managed_fields = None;
+    roles.replace("kmm-hub-manager", &PostParams::default(), &role).await?;
+    let k3_digest = digests[K3].clone();
+    registry_delete_manifest(&host, "kmm/keep", &k3_digest).await?;
+
+    // The leader dies without a word; the standby takes over within the lease time.
+    env.fleet.kill_process(&env.hub_process)?;
+    wait_for(env, "the standby holding the lease (15 s lease)", 25, || async move {
+        Ok((lease_holder(env).await?.as_deref() == Some("kmm-hub-standby")).then_some(()))
+    })
+    .await?;
+    let log = standby.log.clone();
+    wait_for(env, "the standby's ManagedCluster watch refused", 60, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log)?;
+            Ok(text
+                .lines()
+                .any(|l| l.contains("managedclusters") && l.to_lowercase().contains("forbidden"))
+                .then_some(()))
+        }
+    })
+    .await?;
+    // Its ManifestWork cache is full, its ManagedCluster cache empty: give a reconcile the time
+    // it would need to do damage.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    ensure!(
+        !std::fs::read_to_string(&standby.log)?.contains("caches synced"),
+        "the standby reconciled without its ManagedCluster cache"
+    );
+
+    // RBAC arrives: the standby syncs, and holds spoke-a's ManifestWork while K3's image is gone.
+    kubectl(
+        &env.kubectl,
+        &env.fleet.hub.admin_kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &manifests("hub/rbac.yaml").display().to_string(),
+        ],
+    )
+    .await
+    .context("restoring manifests/hub/rbac.yaml")?;
+    // (Right after the restart both of spoke-a's images are Pending, and it is held already.)
+    let missing = format!("image {host}/kmm/keep:{K3} (kernel {K3}) is Missing");
+    let held = wait_for(env, "spoke-a held, naming K3's missing image", 120, || {
+        let missing = missing.clone();
+        async move {
+            let s = status_of(env, name).await?;
+            Ok(s.and_then(|s| s.clusters.into_iter().find(|c| c.name == "spoke-a"))
+                .filter(|c| c.reason.as_deref().is_some_and(|r| r.contains(&missing))))
+        }
+    })
+    .await?;
+    let reason = held.reason.clone().unwrap_or_default();
+    ensure!(
+        reason.contains("keeps its last applied content") && !reason.contains(&format!("keep:{K1} (kernel {K1}) is")),
+        "spoke-a's reason: {reason}"
+    );
+    ensure!(held.rendered_kernels == [K1, K3], "spoke-a's status: {held:?}");
+
+    // The image is pushed again (same content, same digest): spoke-a is whole, nothing rewritten.
+    let again = e2e::kmods::push(
+        &format!("{host}/kmm/keep:{K3}"),
+        env.fixtures.layers(K3)?,
+        &registry_auth(),
+    )
+    .await?;
+    ensure!(again == k3_digest, "re-push gave another digest");
+    wait_for(env, "spoke-a no longer held", 120, || async move {
+        let s = status_of(env, name).await?;
+        Ok(s.and_then(|s| s.clusters.into_iter().find(|c| c.name == "spoke-a"))
+            .filter(|c| c.reason.is_none() && c.applied)
+            .map(|_| ()))
+    })
+    .await?;
+    stop.cancel();
+    monitor.await?;
+    let seen = violations.lock().unwrap().clone();
+    ensure!(
+        seen.is_empty(),
+        "a module was taken away: {:?}",
+        &seen[..seen.len().min(5)]
+    );
+    ensure!(builds().await? == 1, "the new leader built K2's image again");
+    ensure!(
+        (generation("spoke-a").await?, generation("spoke-b").await?) == before,
+        "a ManifestWork was rewritten"
+    );
+
+    mcms.delete(name, &DeleteParams::default()).await?;
+    for (cluster, _) in &everywhere {
+        let client = env.fleet.spoke(cluster).client.clone();
+        let label = label.clone();
+        wait_for(env, &format!("{name} unloaded on {cluster}"), 120, || {
+            let (client, label) = (client.clone(), label.clone());
+            async move { Ok(nodes_with_label(&client, &label).await?.is_empty().then_some(())) }
+        })
+        .await?;
+    }
+    for c in ["spoke-a", "spoke-b"] {
+        label_cluster(env, c, select, None).await?;
     }
     Ok(())
 }
