@@ -15,6 +15,7 @@ pub mod module;
 pub mod nmc;
 pub mod ocm;
 pub mod preflight;
+pub mod recipe;
 pub mod registry_auth;
 pub mod tool;
 pub mod validation;

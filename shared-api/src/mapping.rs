@@ -133,7 +133,7 @@ impl<'a> Mappings<'a> {
         let image = non_empty(&m.container_image)
             .or(non_empty(&c.container_image))
             .ok_or(MappingError::NoImage(index))?;
-        let sign = match m.sign.as_ref().or(c.sign.as_ref()) {
+        let sign = match crate::recipe::relevant_sign(c.sign.as_ref(), m.sign.as_ref()) {
             None => None,
             Some(s) => Some(Sign {
                 unsigned_image: non_empty(&s.unsigned_image)
@@ -151,7 +151,7 @@ impl<'a> Mappings<'a> {
             index,
             kernel: kernel.to_owned(),
             container_image: subst("containerImage", image)?,
-            build: m.build.as_ref().or(c.build.as_ref()).cloned(),
+            build: crate::recipe::relevant_build(c.build.as_ref(), m.build.as_ref()),
             sign,
             registry_tls: m.registry_tls.or(c.registry_tls).unwrap_or_default(),
             in_tree_modules_to_remove: in_tree(&m.in_tree_modules_to_remove, &m.in_tree_module_to_remove)
@@ -226,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn mapping_fields_override_container_fields() {
+    fn mapping_fields_override_or_merge_with_container_fields() {
         let mut c = container(vec![
             mapping(Some("6.1.0"), None, None),
             mapping(None, Some("^5"), None),
@@ -243,7 +243,10 @@ mod tests {
         });
         c.kernel_mappings[1].in_tree_module_to_remove = Some("legacy".into());
         c.kernel_mappings[1].registry_tls = Some(TlsOptions::default());
-        c.kernel_mappings[1].sign = Some(Sign::default());
+        c.kernel_mappings[1].sign = Some(Sign {
+            files_to_sign: vec!["/opt/lib/modules/${KERNEL_FULL_VERSION}/extra.ko".into()],
+            ..Default::default()
+        });
         let m = Mappings::compile(&c).unwrap();
 
         let r = m.resolve("6.1.0", "m", "ns").unwrap().unwrap();
@@ -256,7 +259,13 @@ mod tests {
         let r = m.resolve("5.14.0", "m", "ns").unwrap().unwrap();
         assert_eq!(r.in_tree_modules_to_remove, vec!["legacy"]);
         assert!(!r.registry_tls.insecure);
-        assert_eq!(r.sign.unwrap().unsigned_image, None);
+        // The mapping's sign merges onto the container's, as upstream's getRelevantSign.
+        let s = r.sign.unwrap();
+        assert_eq!(s.unsigned_image.as_deref(), Some("r/u:5.14.0"));
+        assert_eq!(
+            s.files_to_sign,
+            ["/opt/lib/modules/5.14.0/m.ko", "/opt/lib/modules/5.14.0/extra.ko"]
+        );
     }
 
     #[test]
