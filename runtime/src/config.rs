@@ -289,6 +289,7 @@ impl Config {
                 });
             }
         };
+        let value = fold_webhook_port(path, value)?;
         let lease_given = value.pointer("/leaderElection/resourceID").is_some();
         let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
@@ -504,6 +505,45 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total as u64))
 }
 
+/// Upstream KMM's newer configuration has the webhook port at the top level (`webhookPort`,
+/// `internal/config/config.go`), the older one as `webhook.port`: both are accepted, and one file
+/// naming two different ports is refused.
+fn fold_webhook_port(path: &Path, mut value: serde_json::Value) -> Result<serde_json::Value, ConfigError> {
+    let invalid = |key: &str, reason: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: key.into(),
+        reason,
+    };
+    let Some(port) = value.as_object_mut().and_then(|o| o.remove("webhookPort")) else {
+        return Ok(value);
+    };
+    let n = port
+        .as_u64()
+        .filter(|p| (1..=u64::from(u16::MAX)).contains(p))
+        .ok_or_else(|| invalid("webhookPort", format!("{port} is not a port (1 to 65535)")))?;
+    match value.pointer("/webhook/port") {
+        Some(other) if other.as_u64() != Some(n) => {
+            return Err(invalid(
+                "webhookPort",
+                format!("{n} disagrees with webhook.port {other}: give the port once"),
+            ));
+        }
+        _ => {}
+    }
+    let webhook = value
+        .as_object_mut()
+        .expect("the document is a mapping")
+        .entry("webhook")
+        .or_insert_with(|| serde_json::json!({}));
+    match webhook.as_object_mut() {
+        Some(w) => {
+            w.insert("port".into(), n.into());
+        }
+        None => return Err(invalid("webhook", "must be a mapping of settings".into())),
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,6 +587,52 @@ worker:
         want.job.gc_delay = Duration::from_secs(3600);
         want.worker.set_firmware_class_path = Some("/var/lib/firmware".into());
         assert_eq!(c, want);
+    }
+
+    /// Upstream KMM's own configuration files at HEAD, unchanged (`internal/config/testdata/`
+    /// `config.yaml` and `hub-config.yaml`; the hub's ConfigMap has the same keys).
+    const UPSTREAM_SPOKE: &str = r#"
+healthProbeBindAddress: :8081
+webhookPort: 9443
+job:
+  gcDelay: "0s"
+leaderElection:
+  enabled: true
+  resourceID: kmm.sigs.x-k8s.io
+metrics:
+  enableAuthnAuthz: true
+  bindAddress: 0.0.0.0:8443
+  secureServing: true
+worker:
+  runAsUser: 0
+  seLinuxType: spc_t
+  firmwareHostPath: /lib/firmware
+"#;
+
+    #[test]
+    fn upstreams_newer_files_parse_with_webhook_port_at_the_top() {
+        let c = parse(UPSTREAM_SPOKE).unwrap();
+        assert_eq!(c.webhook.port, 9443);
+        assert_eq!(c.worker.firmware_host_path, "/lib/firmware");
+        let hub_text = UPSTREAM_SPOKE.replace("resourceID: kmm.sigs.x-k8s.io", "resourceID: kmm-hub.sigs.x-k8s.io");
+        let hub = Config::parse(Path::new("hub.yaml"), &hub_text, HUB_LEASE).unwrap();
+        assert_eq!(hub.leader_election.resource_id, HUB_LEASE);
+        let moved = parse("webhookPort: 9444\n").unwrap();
+        assert_eq!(moved.webhook.port, 9444);
+        assert_eq!(
+            parse("webhookPort: 9444\nwebhook:\n  port: 9444\n")
+                .unwrap()
+                .webhook
+                .port,
+            9444
+        );
+        let (key, reason) = invalid("webhookPort: 9444\nwebhook:\n  port: 9443\n");
+        assert_eq!(key, "webhookPort");
+        assert!(reason.contains("disagrees with webhook.port 9443"), "{reason}");
+        let (key, reason) = invalid("webhookPort: 70000\n");
+        assert_eq!(key, "webhookPort");
+        assert!(reason.contains("not a port"), "{reason}");
+        assert_eq!(invalid("webhookPort: x\n").0, "webhookPort");
     }
 
     #[test]
