@@ -238,7 +238,7 @@ async fn write_status(
     api.patch_status(
         &mcm.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
+        &Patch::Merge(json!({ "status": status_patch(status) })),
     )
     .await
     .map_err(kube_err(format!(
@@ -246,6 +246,18 @@ async fn write_status(
         mcm.name_any()
     )))?;
     Ok(())
+}
+
+/// The status as a merge patch body. A merge patch keeps a key it does not name, so the lists
+/// are always named: an emptied list (the last cluster unselected) must replace the old one.
+fn status_patch(status: &ManagedClusterModuleStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        for key in ["images", "clusters", "conditions"] {
+            o.entry(key).or_insert_with(|| json!([]));
+        }
+    }
+    v
 }
 
 async fn publish(ctx: &Context, mcm: &ManagedClusterModule, type_: EventType, reason: &str, note: String) {
@@ -270,4 +282,18 @@ pub fn error_policy(mcm: Arc<ManagedClusterModule>, err: &Error, _ctx: Arc<Conte
 /// The MCM a ManifestWork belongs to, from its label.
 pub fn owner_of(mw: &ManifestWork) -> Option<ObjectRef<ManagedClusterModule>> {
     mw.labels().get(MCM_NAME_LABEL).map(|n| ObjectRef::new(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_status_patch_clears_every_list() {
+        let v = status_patch(&ManagedClusterModuleStatus::default());
+        for key in ["images", "clusters", "conditions"] {
+            assert_eq!(v[key], json!([]), "{key} must be named so the merge patch clears it");
+        }
+        assert_eq!(v["numberDesired"], json!(0));
+    }
 }

@@ -31,7 +31,7 @@ pub struct Metrics {
     registry_seconds: Family<OutcomeLabel, Histogram>,
     /// ManagedClusterModules known to the hub.
     pub mcms: Gauge,
-    /// Clusters targeted, summed over MCMs.
+    /// Clusters selected, summed over MCMs.
     pub clusters_targeted: Gauge,
     /// Writes to the API server (applies, patches, creates, deletes).
     pub api_writes: Counter,

@@ -215,7 +215,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                 let targeted: i32 = all
                     .iter()
                     .filter_map(|m| m.status.as_ref())
-                    .map(|s| s.number_desired)
+                    .map(|s| s.clusters.len() as i32)
                     .sum();
                 metrics.clusters_targeted.set(targeted.into());
                 for (state, n) in pipeline.count_states() {

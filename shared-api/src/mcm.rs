@@ -41,13 +41,16 @@ pub struct ManagedClusterModuleSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedClusterModuleStatus {
-    /// Clusters matching the selector.
+    /// ManifestWorks this MCM owns (one per selected cluster that has one), as upstream
+    /// KMM-Hub counts them.
     #[serde(default)]
     pub number_desired: i32,
-    /// Clusters whose ManifestWork the work agent applied.
+    /// Owned ManifestWorks whose `Applied` condition is true.
     #[serde(default)]
     pub number_applied: i32,
-    /// Clusters with a problem (no kernel claim, missing image, failed apply).
+    /// Owned ManifestWorks whose `Degraded` condition is true. Problems found before a
+    /// ManifestWork exists (no kernel claim, a failed build) are in `clusters[].reason` and the
+    /// `Degraded` condition.
     #[serde(default)]
     pub number_degraded: i32,
     /// The kmod image of every kernel the selected clusters run, shared by all clusters on that

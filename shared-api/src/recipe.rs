@@ -27,8 +27,7 @@ pub fn relevant_build(container: Option<&Build>, mapping: Option<&Build>) -> Opt
 /// `args` with each override replacing the argument of its name in place; overrides that
 /// replace nothing are appended in name order (upstream's `ApplyBuildArgOverrides`).
 pub fn override_build_args(mut args: Vec<BuildArg>, overrides: &[BuildArg]) -> Vec<BuildArg> {
-    let by_name: std::collections::BTreeMap<&str, &BuildArg> =
-        overrides.iter().map(|o| (o.name.as_str(), o)).collect();
+    let by_name: std::collections::BTreeMap<&str, &BuildArg> = overrides.iter().map(|o| (o.name.as_str(), o)).collect();
     let mut unused: std::collections::BTreeSet<&str> = by_name.keys().copied().collect();
     for a in &mut args {
         if let Some(o) = by_name.get(a.name.as_str()) {
@@ -140,7 +139,10 @@ mod tests {
             ..Default::default()
         };
         let s = relevant_sign(Some(&container), Some(&mapping)).unwrap();
-        assert_eq!(s.unsigned_image, container.unsigned_image, "an empty unsignedImage overrides nothing");
+        assert_eq!(
+            s.unsigned_image, container.unsigned_image,
+            "an empty unsignedImage overrides nothing"
+        );
         assert_eq!((s.key_secret, s.cert_secret), (Some(r("key")), Some(r("other-cert"))));
         assert_eq!(
             s.files_to_sign,

@@ -162,7 +162,9 @@ pub fn cluster_work<'a>(
                 }
                 if state != ImageState::Ready {
                     let line = image_line(ki, state, message);
-                    if state.is_problem() {
+                    // A registry blip (Stale: the last digest still rendered) is worth showing,
+                    // but nothing is wrong with the cluster.
+                    if state.is_problem() && state != ImageState::Stale {
                         w.problems.push(line);
                     } else {
                         w.notes.push(line);
@@ -226,6 +228,12 @@ fn apply_problem(mw: &ManifestWork) -> Option<String> {
 
 /// Computes the MCM status. `works` holds the existing ManifestWorks by cluster; `Kind` in the
 /// condition messages lists at most a few problems, the per-cluster entries carry them all.
+///
+/// The numbers mean what upstream KMM-Hub's mean: `numberDesired` counts the ManifestWorks the
+/// MCM owns (after this round: those of selected clusters that have one or get one now),
+/// `numberApplied` and `numberDegraded` those whose `Applied` / `Degraded` condition is true.
+/// Problems the hub sees before a ManifestWork (no claim, a failed build) are in
+/// `clusters[].reason` and the `Degraded` condition.
 pub fn mcm_status(
     mcm: &ManagedClusterModule,
     plan: &McmPlan,
@@ -236,7 +244,7 @@ pub fn mcm_status(
     now: Timestamp,
 ) -> ManagedClusterModuleStatus {
     let mut status = ManagedClusterModuleStatus {
-        number_desired: work.len() as i32,
+        number_desired: 0,
         observed_generation: mcm.metadata.generation,
         conditions: previous.map(|p| p.conditions.clone()).unwrap_or_default(),
         ..Default::default()
@@ -255,6 +263,8 @@ pub fn mcm_status(
     }
     let mut problems = Vec::new();
     let mut unapplied = 0;
+    // Selected clusters whose ManifestWork is applied (the Available condition wants them all).
+    let mut applied_clusters = 0;
     for w in work {
         let name = &w.cluster.name;
         let mw = works.get(name).copied();
@@ -263,13 +273,20 @@ pub fn mcm_status(
         if let Some(p) = mw.and_then(apply_problem) {
             cluster_problems.push(p);
         }
+        let owned = mw.is_some_and(|m| m.metadata.deletion_timestamp.is_none()) || w.render;
+        if owned {
+            status.number_desired += 1;
+        }
         if applied {
             status.number_applied += 1;
+            applied_clusters += 1;
         } else if w.render {
             unapplied += 1;
         }
-        if !cluster_problems.is_empty() {
+        if mw.is_some_and(|m| m.status.as_ref().is_some_and(|s| s.condition_true("Degraded"))) {
             status.number_degraded += 1;
+        }
+        if !cluster_problems.is_empty() {
             problems.push(format!("{name}: {}", cluster_problems[0]));
         }
         let mut reason: Vec<String> = cluster_problems;
@@ -346,7 +363,8 @@ pub fn mcm_status(
         generation,
         now,
     );
-    let available = degraded.is_none() && status.number_desired > 0 && status.number_applied == status.number_desired;
+    let selected = work.len();
+    let available = degraded.is_none() && selected > 0 && applied_clusters == selected;
     conditions::set(
         &mut status.conditions,
         Wanted {
@@ -354,15 +372,12 @@ pub fn mcm_status(
             status: available,
             reason: if available {
                 "AllClustersApplied"
-            } else if status.number_desired == 0 {
+            } else if selected == 0 {
                 "NoClustersSelected"
             } else {
                 "NotAllClustersApplied"
             },
-            message: format!(
-                "{} of {} selected cluster(s) applied",
-                status.number_applied, status.number_desired
-            ),
+            message: format!("{applied_clusters} of {selected} selected cluster(s) applied"),
         },
         generation,
         now,
@@ -477,7 +492,8 @@ mod tests {
         let a = applied_work(2);
         let works: BTreeMap<_, _> = [("a".to_string(), &a)].into();
         let s = mcm_status(&m, &p, &work, &images, &works, None, now());
-        assert_eq!((s.number_desired, s.number_applied, s.number_degraded), (2, 1, 0));
+        // Upstream's numbers: a's ManifestWork is owned and applied; b has none yet.
+        assert_eq!((s.number_desired, s.number_applied, s.number_degraded), (1, 1, 0));
         assert_eq!(
             s.clusters[0].module_loader,
             Some(DaemonSetStatus {
@@ -519,7 +535,9 @@ mod tests {
         let work: Vec<_> = p.clusters.iter().map(|c| cluster_work(&m, &p, c, &images)).collect();
         assert!(work.iter().all(|w| !w.render));
         let s = mcm_status(&m, &p, &work, &images, &BTreeMap::new(), None, now());
-        assert_eq!((s.number_desired, s.number_applied, s.number_degraded), (2, 0, 2));
+        // No ManifestWork was sent: upstream's numbers are all 0, the reasons and the condition
+        // say why.
+        assert_eq!((s.number_desired, s.number_applied, s.number_degraded), (0, 0, 0));
         assert!(s.clusters[0].reason.as_ref().unwrap().contains(KERNEL_VERSIONS_CLAIM));
         assert!(s.clusters[1].reason.as_ref().unwrap().contains("connection refused"));
         let d = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
