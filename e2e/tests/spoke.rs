@@ -124,6 +124,9 @@ fn main() -> ExitCode {
         build_or_sign_left_in_the_spec_gets_the_needs_hub_condition,
         failing_worker_pod_is_reported_and_retried_with_backoff,
         untolerated_taint_keeps_a_node_out_until_tolerated,
+        pressure_is_tolerated_and_a_cordon_only_unloads_what_does_not_tolerate_it,
+        device_plugin_only_module_runs_on_its_selector,
+        one_refused_node_does_not_hold_the_others_back,
         orphaned_status_is_unloaded,
         each_module_on_a_node_gets_its_own_events,
         refused_worker_pod_is_reported_on_the_node,
@@ -505,56 +508,269 @@ async fn deletion_unloads_everywhere_and_clears_labels(env: Arc<Env>) -> Result<
     Ok(())
 }
 
+/// One observation of a pod in a trial's namespace, in the order the API server reported them.
+#[derive(Debug, Clone)]
+struct PodSeen {
+    name: String,
+    node: String,
+    /// `load`/`unload` for worker pods, the DaemonSet name for device plugin pods.
+    what: String,
+    gone: bool,
+}
+
+/// Records every pod change in `ns` from now on, in resourceVersion order, until dropped.
+struct PodLog {
+    seen: Arc<std::sync::Mutex<Vec<PodSeen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PodLog {
+    async fn start(env: &Env, ns: &str) -> Result<Self> {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let api: Api<Pod> = Api::namespaced(env.client(), ns);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+            while let Some(ev) = events.next().await {
+                let (pod, gone) = match ev {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
+                        let gone = p.metadata.deletion_timestamp.is_some();
+                        (p, gone)
+                    }
+                    Ok(watcher::Event::Delete(p)) => (p, true),
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let what = labels
+                    .get(worker_pod::ACTION_LABEL)
+                    .or_else(|| labels.get("app.kubernetes.io/instance"))
+                    .cloned()
+                    .unwrap_or_default();
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                log.lock().unwrap().push(PodSeen {
+                    name: pod.name_any(),
+                    node,
+                    what,
+                    gone,
+                });
+            }
+        });
+        tokio::time::timeout(TIMEOUT, ready_rx)
+            .await
+            .context("the pod watch did not start")??;
+        Ok(Self { seen, task })
+    }
+
+    fn all(&self) -> Vec<PodSeen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Index of the first observation matching `f`.
+    fn first(&self, f: impl Fn(&PodSeen) -> bool) -> Option<usize> {
+        self.all().iter().position(f)
+    }
+}
+
+impl Drop for PodLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Running (scheduled, not terminating) device plugin pods in `ns`, as (DaemonSet, node).
+async fn plugin_pods(env: &Env, ns: &str) -> Result<BTreeSet<(String, String)>> {
+    let pods = Api::<Pod>::namespaced(env.client(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/name=kmm-device-plugin"))
+        .await?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let ds = p.metadata.labels.as_ref()?.get("app.kubernetes.io/instance")?.clone();
+            Some((ds, p.spec?.node_name?))
+        })
+        .collect())
+}
+
+/// Upstream's ordered upgrade procedure, step by step (seed 003, "ordered upgrade"): every node
+/// labelled for version 1; the Module moved to version 2 (image and version at once) changes
+/// nothing on any node; a node relabelled for 2 (directly, or by removing the label first)
+/// loses its v1 plugin, then unloads v1, then loads v2 and gets the v2 plugin; the nodes not
+/// relabelled keep v1 and its plugin throughout, and never see an unload pod.
 async fn ordered_upgrade(env: Arc<Env>) -> Result<()> {
     let (t, ns, name) = ("t-upgrade", "t-upgrade", "kmm-ci-a");
     let version_label = format!("kmm.node.kubernetes.io/version-module.{ns}.{name}");
-    let worker_label = format!("beta.kmm.node.kubernetes.io/version-worker-pod.{ns}.{name}");
-    env.cluster
-        .add_nodes(&[NodeSpec::new("upg-a", K1)
-            .label("e2e/test", t)
-            .label(&version_label, "1")])
-        .await?;
+    let (v1_image, v2_image) = ("registry.e2e.invalid/kmm-ci-a:v1", "registry.e2e.invalid/kmm-ci-a:v2");
+    let nodes = ["upg-a", "upg-b", "upg-c"];
+    env.cluster.ensure_namespace(ns).await?;
+    let pods = PodLog::start(&env, ns).await?;
+    let specs: Vec<NodeSpec> = nodes
+        .iter()
+        .map(|n| NodeSpec::new(*n, K1).label("e2e/test", t).label(&version_label, "1"))
+        .collect();
+    env.cluster.add_nodes(&specs).await?;
     let versioned = |v: &str, image: &str| {
         module(
             ns,
             name,
             t,
-            json!({"spec": {"moduleLoader": {"container": {
-                "version": v,
-                "kernelMappings": [{"regexp": "^.+$", "containerImage": image}]
-            }}}}),
+            json!({"spec": {
+                "moduleLoader": {"container": {
+                    "version": v,
+                    "kernelMappings": [{"regexp": "^.+$", "containerImage": image}]
+                }},
+                "devicePlugin": {"container": {"image": format!("registry.e2e.invalid/plugin:{v}")}}
+            }}),
         )
     };
-    apply_module(&env, versioned("1", "registry.e2e.invalid/kmm-ci-a:v1")).await?;
-    wait_loaded(&env, "upg-a", ns, name, Some("registry.e2e.invalid/kmm-ci-a:v1")).await?;
-    let labels = labels_of(&node(&env, "upg-a").await?);
-    ensure!(
-        labels
-            .get(&format!("kmm.node.kubernetes.io/{ns}.{name}.version.ready"))
-            .map(String::as_str)
-            == Some("1"),
-        "{labels:?}"
-    );
-    ensure!(labels.get(&worker_label).map(String::as_str) == Some("1"), "{labels:?}");
+    let (ds_v1, ds_v2) = (format!("{name}-device-plugin-1"), format!("{name}-device-plugin-2"));
+    let on = |ds: &str, node: &str| (ds.to_owned(), node.to_owned());
+    let set_label = |node: &'static str, value: Option<&'static str>| {
+        let (client, key) = (env.client(), version_label.clone());
+        async move {
+            Api::<Node>::all(client)
+                .patch(
+                    node,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {key: value}}})),
+                )
+                .await
+        }
+    };
+    let wait_plugins = |what: &'static str, want: BTreeSet<(String, String)>| {
+        let env = env.clone();
+        async move {
+            env.cluster
+                .wait(what, TIMEOUT, || async {
+                    Ok((plugin_pods(&env, ns).await? == want).then_some(()))
+                })
+                .await
+        }
+    };
 
-    // The administrator moves the Module to version 2: the node still asks for 1, so v1 unloads.
-    apply_module(&env, versioned("2", "registry.e2e.invalid/kmm-ci-a:v2")).await?;
-    wait_loaded(&env, "upg-a", ns, name, None).await?;
+    // 1. Version 1 everywhere, with its plugin.
+    apply_module(&env, versioned("1", v1_image)).await?;
+    for n in nodes {
+        wait_loaded(&env, n, ns, name, Some(v1_image)).await?;
+    }
+    wait_plugins(
+        "the v1 plugin on every node",
+        nodes.iter().map(|n| on(&ds_v1, n)).collect(),
+    )
+    .await?;
+
+    // 2. The Module moves to version 2, image and version at once. A v2 DaemonSet appears and
+    // schedules nowhere; every node keeps v1 and the v1 plugin.
+    apply_module(&env, versioned("2", v2_image)).await?;
+    let dss: Api<DaemonSet> = Api::namespaced(env.client(), ns);
     env.cluster
-        .wait("worker-pod label cleared", TIMEOUT, || async {
-            Ok((!labels_of(&node(&env, "upg-a").await?).contains_key(&worker_label)).then_some(()))
+        .wait("the v2 DaemonSet, observed with no node", TIMEOUT, || async {
+            let d = dss.get_opt(&ds_v2).await?;
+            Ok(d.and_then(|d| d.status)
+                .filter(|s| s.observed_generation.is_some() && s.desired_number_scheduled == 0)
+                .map(|_| ()))
         })
         .await?;
-    // Then relabels the node for version 2: v2 loads.
-    Api::<Node>::all(env.client())
-        .patch(
-            "upg-a",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {&version_label: "2"}}})),
-        )
+    env.cluster
+        .wait("the Module's status for generation 2", TIMEOUT, || async {
+            let m = module_status(&env, ns, name).await?;
+            let s = m.status.unwrap_or_default();
+            Ok((s
+                .conditions
+                .iter()
+                .any(|c| c.observed_generation == m.metadata.generation)
+                && s.module_loader.desired_number == 3
+                && s.module_loader.available_number == 3)
+                .then_some(()))
+        })
         .await?;
-    wait_loaded(&env, "upg-a", ns, name, Some("registry.e2e.invalid/kmm-ci-a:v2")).await?;
-    let labels = labels_of(&node(&env, "upg-a").await?);
+    for n in nodes {
+        wait_loaded(&env, n, ns, name, Some(v1_image)).await?;
+    }
+    let still: BTreeSet<_> = nodes.iter().map(|n| on(&ds_v1, n)).collect();
+    ensure!(plugin_pods(&env, ns).await? == still, "the v1 plugin left a node");
+
+    // 3. upg-a relabelled for 2 directly: plugin off, v1 unloaded, v2 loaded, v2 plugin on.
+    set_label("upg-a", Some("2")).await?;
+    wait_loaded(&env, "upg-a", ns, name, Some(v2_image)).await?;
+    wait_plugins(
+        "the v2 plugin on upg-a, v1 on the others",
+        [on(&ds_v2, "upg-a"), on(&ds_v1, "upg-b"), on(&ds_v1, "upg-c")].into(),
+    )
+    .await?;
+
+    // 4. upg-b by removing the label first: v1 unloads (after its plugin left), nothing loads;
+    // then labelled for 2, v2 loads.
+    set_label("upg-b", None).await?;
+    wait_loaded(&env, "upg-b", ns, name, None).await?;
+    wait_plugins("no plugin on upg-b", [on(&ds_v2, "upg-a"), on(&ds_v1, "upg-c")].into()).await?;
+    set_label("upg-b", Some("2")).await?;
+    wait_loaded(&env, "upg-b", ns, name, Some(v2_image)).await?;
+    wait_plugins(
+        "the v2 plugin on upg-a and upg-b",
+        [on(&ds_v2, "upg-a"), on(&ds_v2, "upg-b"), on(&ds_v1, "upg-c")].into(),
+    )
+    .await?;
+    wait_loaded(&env, "upg-c", ns, name, Some(v1_image)).await?;
+    ensure!(
+        dss.get_opt(&ds_v1).await?.is_some(),
+        "the v1 DaemonSet went while upg-c runs v1"
+    );
+
+    // What happened, in order: on a and b the v1 plugin pod went before the unload pod came;
+    // upg-c never saw an unload pod.
+    for n in ["upg-a", "upg-b"] {
+        let unload = pods
+            .first(|p| p.node == n && p.what == "unload")
+            .with_context(|| format!("no unload pod on {n}: {:#?}", pods.all()))?;
+        let plugin_gone = pods
+            .first(|p| p.node == n && p.what == ds_v1 && p.gone)
+            .with_context(|| format!("the v1 plugin never left {n}: {:#?}", pods.all()))?;
+        ensure!(
+            plugin_gone < unload,
+            "{n}: the unload pod came before the v1 plugin left: {:#?}",
+            pods.all()
+        );
+    }
+    ensure!(
+        pods.first(|p| p.node == "upg-c" && p.what == "unload").is_none(),
+        "upg-c, never relabelled, saw an unload pod: {:#?}",
+        pods.all()
+    );
+    let loads_on_c: BTreeSet<String> = pods
+        .all()
+        .into_iter()
+        .filter(|p| p.node == "upg-c" && p.what == "load")
+        .map(|p| p.name)
+        .collect();
+    ensure!(loads_on_c.len() == 1, "upg-c loaded more than once: {loads_on_c:?}");
+
+    // 5. The last node moves: once no node runs v1, its DaemonSet is garbage-collected.
+    set_label("upg-c", Some("2")).await?;
+    wait_loaded(&env, "upg-c", ns, name, Some(v2_image)).await?;
+    wait_plugins(
+        "the v2 plugin everywhere",
+        nodes.iter().map(|n| on(&ds_v2, n)).collect(),
+    )
+    .await?;
+    env.cluster
+        .wait("the v1 DaemonSet garbage-collected", TIMEOUT, || async {
+            Ok(dss.get_opt(&ds_v1).await?.is_none().then_some(()))
+        })
+        .await?;
+    let labels = labels_of(&node(&env, "upg-c").await?);
+    let worker_label = format!("beta.kmm.node.kubernetes.io/version-worker-pod.{ns}.{name}");
     ensure!(labels.get(&worker_label).map(String::as_str) == Some("2"), "{labels:?}");
     Ok(())
 }
@@ -1096,6 +1312,235 @@ async fn untolerated_taint_keeps_a_node_out_until_tolerated(env: Arc<Env>) -> Re
         entry.tolerations
     );
     Ok(())
+}
+
+/// As upstream: every Module tolerates disk, memory and PID pressure (a pressured node keeps its
+/// drivers), and a cordon unloads only a Module that does not tolerate
+/// `node.kubernetes.io/unschedulable:NoSchedule`.
+async fn pressure_is_tolerated_and_a_cordon_only_unloads_what_does_not_tolerate_it(env: Arc<Env>) -> Result<()> {
+    let t = "t-press";
+    let (plain, tolerant) = ("t-press-plain", "t-press-tolerant");
+    let name = "kmm-ci-a";
+    add_nodes(&env, t, &[("press-a", K1), ("press-b", K1)]).await?;
+    env.cluster.ensure_namespace(plain).await?;
+    env.cluster.ensure_namespace(tolerant).await?;
+    let (plain_pods, tolerant_pods) = (PodLog::start(&env, plain).await?, PodLog::start(&env, tolerant).await?);
+    apply_module(&env, module(plain, name, t, json!({}))).await?;
+    apply_module(
+        &env,
+        module(
+            tolerant,
+            name,
+            t,
+            json!({"spec": {"tolerations": [
+                {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}
+            ]}}),
+        ),
+    )
+    .await?;
+    let img = format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}");
+    for ns in [plain, tolerant] {
+        for n in ["press-a", "press-b"] {
+            wait_loaded(&env, n, ns, name, Some(&img)).await?;
+        }
+    }
+    let nodes: Api<Node> = Api::all(env.client());
+    // Memory pressure on press-a, then a cordon on press-b: the node watch delivers them in
+    // that order, so once the plain Module left press-b, every plan has seen press-a's taint.
+    nodes
+        .patch(
+            "press-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": [
+                {"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"}
+            ]}})),
+        )
+        .await?;
+    nodes
+        .patch(
+            "press-b",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await?;
+    wait_loaded(&env, "press-b", plain, name, None).await?;
+    for (ns, n) in [(plain, "press-a"), (tolerant, "press-a"), (tolerant, "press-b")] {
+        wait_loaded(&env, n, ns, name, Some(&img)).await?;
+    }
+    let unloads = |log: &PodLog| -> Vec<String> {
+        log.all()
+            .into_iter()
+            .filter(|p| p.what == "unload")
+            .map(|p| p.node)
+            .collect()
+    };
+    ensure!(
+        tolerant_pods.all().iter().all(|p| p.what != "unload"),
+        "the Module tolerating the cordon was unloaded: {:?}",
+        unloads(&tolerant_pods)
+    );
+    ensure!(
+        unloads(&plain_pods).iter().all(|n| n == "press-b"),
+        "memory pressure unloaded a module: {:?}",
+        unloads(&plain_pods)
+    );
+    let nmc = Api::<NodeModulesConfig>::all(env.client()).get("press-a").await?;
+    let entry = nmc
+        .spec
+        .modules
+        .iter()
+        .find(|m| m.namespace == plain)
+        .context("no entry on press-a")?;
+    let keys: Vec<_> = entry.tolerations.iter().filter_map(|t| t.key.as_deref()).collect();
+    ensure!(
+        keys.contains(&"node.kubernetes.io/memory-pressure"),
+        "the worker pods would not tolerate pressure: {keys:?}"
+    );
+    Ok(())
+}
+
+/// A Module with a device plugin and no module loader (upstream's device-plugin-only Module)
+/// runs its plugin on every node its selector matches; nothing is loaded.
+async fn device_plugin_only_module_runs_on_its_selector(env: Arc<Env>) -> Result<()> {
+    let (t, ns, name) = ("t-dponly", "t-dponly", "dponly");
+    env.cluster
+        .add_nodes(&[
+            NodeSpec::new("dponly-a", K1)
+                .label("e2e/test", t)
+                .label("e2e/gpu", "yes"),
+            NodeSpec::new("dponly-b", K1)
+                .label("e2e/test", t)
+                .label("e2e/gpu", "yes"),
+            NodeSpec::new("dponly-c", K1).label("e2e/test", t),
+        ])
+        .await?;
+    apply_module(
+        &env,
+        json!({
+            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+            "kind": "Module",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "selector": {"e2e/test": t, "e2e/gpu": "yes"},
+                "devicePlugin": {"container": {"image": "registry.e2e.invalid/plugin:1"}}
+            }
+        }),
+    )
+    .await?;
+    let want: BTreeSet<(String, String)> = ["dponly-a", "dponly-b"]
+        .iter()
+        .map(|n| (format!("{name}-device-plugin"), (*n).to_owned()))
+        .collect();
+    env.cluster
+        .wait("the plugin on the two selected nodes", TIMEOUT, || async {
+            Ok((plugin_pods(&env, ns).await? == want).then_some(()))
+        })
+        .await?;
+    env.cluster
+        .wait("the Module's device plugin status", TIMEOUT, || async {
+            let s = module_status(&env, ns, name).await?.status.unwrap_or_default();
+            Ok((s.device_plugin.available_number == 2).then_some(()))
+        })
+        .await?;
+    let nmcs = Api::<NodeModulesConfig>::all(env.client())
+        .list(&ListParams::default())
+        .await?;
+    ensure!(
+        nmcs.items
+            .iter()
+            .all(|n| n.spec.modules.iter().all(|m| m.namespace != ns)),
+        "a device-plugin-only Module got a NodeModulesConfig entry"
+    );
+    Ok(())
+}
+
+/// A node whose NodeModulesConfig the API server refuses (here a ValidatingAdmissionPolicy
+/// freezes one) does not stop the rollout: the other nodes load, the Module is Degraded naming
+/// the node and the answer, and the refused node loads once the policy goes.
+async fn one_refused_node_does_not_hold_the_others_back(env: Arc<Env>) -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+    let (t, ns, name) = ("t-refuse", "t-refuse", "kmm-ci-a");
+    add_nodes(&env, t, &[("refuse-a", K1), ("refuse-b", K1), ("refuse-c", K1)]).await?;
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(env.client());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(env.client());
+    let policy = "e2e-freeze-refuse-b";
+    policies
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": policy},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": [{
+                        "apiGroups": ["kmm.sigs.x-k8s.io"], "apiVersions": ["*"],
+                        "operations": ["CREATE", "UPDATE"], "resources": ["nodemodulesconfigs"]
+                    }]},
+                    "validations": [{
+                        "expression": "object.metadata.name != 'refuse-b'",
+                        "message": "e2e policy: refuse-b is frozen"
+                    }]
+                }
+            }))?,
+        )
+        .await?;
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": policy},
+                "spec": {"policyName": policy, "validationActions": ["Deny"]}
+            }))?,
+        )
+        .await?;
+    // The policy is in force once a dry-run create of refuse-b's NodeModulesConfig is refused.
+    let nmcs: Api<NodeModulesConfig> = Api::all(env.client());
+    env.cluster
+        .wait("the freeze policy in force", TIMEOUT, || async {
+            let probe: NodeModulesConfig = serde_json::from_value(json!({
+                "apiVersion": "kmm.sigs.x-k8s.io/v1beta1", "kind": "NodeModulesConfig",
+                "metadata": {"name": "refuse-b"}, "spec": {"modules": []}
+            }))?;
+            let r = nmcs
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                    &probe,
+                )
+                .await;
+            Ok(matches!(r, Err(kube::Error::Api(ref s)) if s.message.contains("frozen")).then_some(()))
+        })
+        .await?;
+
+    apply_module(&env, module(ns, name, t, json!({}))).await?;
+    let img = format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}");
+    wait_loaded(&env, "refuse-a", ns, name, Some(&img)).await?;
+    wait_loaded(&env, "refuse-c", ns, name, Some(&img)).await?;
+    wait_degraded(&env, ns, name, "NodeUpdateFailed", "refuse-b").await?;
+    wait_degraded(&env, ns, name, "NodeUpdateFailed", "frozen").await?;
+    env.cluster
+        .wait("a NodeUpdateFailed event on the Module", TIMEOUT, || async {
+            let events = Api::<Event>::namespaced(env.client(), ns)
+                .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+                .await?;
+            Ok(events
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("NodeUpdateFailed"))
+                .then_some(()))
+        })
+        .await?;
+
+    bindings.delete(policy, &DeleteParams::default()).await?;
+    policies.delete(policy, &DeleteParams::default()).await?;
+    wait_loaded(&env, "refuse-b", ns, name, Some(&img)).await?;
+    env.cluster
+        .wait("Degraded cleared", TIMEOUT, || async {
+            let s = module_status(&env, ns, name).await?.status.unwrap_or_default();
+            Ok((!shared_api::conditions::is_true(&s.conditions, "Degraded")).then_some(()))
+        })
+        .await
 }
 
 async fn orphaned_status_is_unloaded(env: Arc<Env>) -> Result<()> {

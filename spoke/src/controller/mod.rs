@@ -69,6 +69,20 @@ pub enum Error {
     Missing(String, &'static str),
 }
 
+impl Error {
+    /// The error in one line for a status or an event: an API server's refusal by its message
+    /// alone (the full answer stays in the log).
+    pub fn brief(&self) -> String {
+        match self {
+            Self::Kube {
+                what,
+                source: kube::Error::Api(s),
+            } => format!("{what}: {}", s.message),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Wraps a kube error with what was being done.
 pub fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();

@@ -244,7 +244,13 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
         .iter()
         .filter_map(|n| crate::plan::selection::NodeView::from_node(n))
         .collect();
-    let plan = match plan_module(module, &nodes, &ctx.spoke) {
+    let current: std::collections::BTreeMap<String, NodeModuleSpec> = ctx
+        .nmcs
+        .state()
+        .iter()
+        .filter_map(|n| Some((n.name_any(), nmc_entry(n, &key)?.clone())))
+        .collect();
+    let plan = match plan_module(module, &nodes, &current, &ctx.spoke) {
         Ok(plan) => plan,
         Err(e) => {
             let reason = match e {
@@ -291,15 +297,26 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
     };
 
     tracing::debug!(module = %key, targeted = plan.entries.len(), matching = plan.nodes_matching_selector, skipped = ?plan.skipped, "planned");
+    // One node whose NodeModulesConfig cannot be written does not hold the others back: the
+    // failures are collected and said on the Module, and retried.
+    let mut node_failures: Vec<String> = Vec::new();
     for (node, entry) in &plan.entries {
         let current = ctx.nmcs.get(&kube::runtime::reflector::ObjectRef::new(node));
-        if current.as_deref().and_then(|n| nmc_entry(n, &key)) != Some(entry) {
-            apply_entry(ctx, node, entry, &key).await?;
+        if current.as_deref().and_then(|n| nmc_entry(n, &key)) != Some(entry)
+            && let Err(e) = apply_entry(ctx, node, entry, &key).await
+        {
+            tracing::warn!(module = %key, node = %node, error = %e, "could not update the node");
+            node_failures.push(e.brief());
         }
     }
     for nmc in ctx.nmcs.state() {
-        if nmc_entry(&nmc, &key).is_some() && !plan.entries.contains_key(&nmc.name_any()) {
-            withdraw_entry(ctx, &nmc.name_any(), &key).await?;
+        let node = nmc.name_any();
+        if nmc_entry(&nmc, &key).is_some()
+            && !plan.entries.contains_key(&node)
+            && let Err(e) = withdraw_entry(ctx, &node, &key).await
+        {
+            tracing::warn!(module = %key, node = %node, error = %e, "could not update the node");
+            node_failures.push(e.brief());
         }
     }
 
@@ -347,10 +364,38 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
             now,
         );
     }
+    if !node_failures.is_empty() {
+        let message = format!(
+            "{} node(s) could not be updated (the others were): {}",
+            node_failures.len(),
+            node_failures.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+        );
+        let was = module
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::DEGRADED))
+            .map(|c| c.message.as_str());
+        if was != Some(message.as_str()) {
+            publish(ctx, module, EventType::Warning, "NodeUpdateFailed", message.clone()).await;
+        }
+        conditions::set(
+            &mut status.conditions,
+            Wanted {
+                type_: conditions::DEGRADED,
+                status: true,
+                reason: "NodeUpdateFailed",
+                message,
+            },
+            generation,
+            now,
+        );
+    }
     ctx.metrics.set_module(&key, &status.module_loader);
     patch_status(ctx, module, status).await?;
-    // Refused DaemonSets are retried, slowly: the cause may be outside the Module (quota, policy).
-    Ok(Action::requeue(if plugin_error.is_some() {
+    // Refused writes are retried, slowly: the cause may be outside the Module (quota, policy).
+    Ok(Action::requeue(if !node_failures.is_empty() {
+        Duration::from_secs(30)
+    } else if plugin_error.is_some() {
         Duration::from_secs(60)
     } else {
         RESYNC
@@ -436,6 +481,37 @@ fn spec_hash(ds: &DaemonSet) -> String {
         .collect()
 }
 
+/// The Module's device plugin DaemonSets in the cache: ours (our app label), owned by it.
+fn owned_daemonsets(ctx: &Context, module: &Module, key: &ModuleKey) -> Vec<Arc<DaemonSet>> {
+    let uid = module.metadata.uid.as_deref();
+    ctx.plugin_daemonsets
+        .state()
+        .into_iter()
+        .filter(|d| d.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
+        .filter(|d| {
+            d.owner_references()
+                .iter()
+                .any(|o| o.kind == "Module" && Some(o.uid.as_str()) == uid)
+        })
+        .collect()
+}
+
+async fn delete_daemonset(ctx: &Context, key: &ModuleKey, name: &str) -> Result<(), Error> {
+    let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            ctx.metrics.api_writes.inc();
+            tracing::info!(module = %key, daemonset = name, "device plugin DaemonSet deleted");
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(kube_err(format!("deleting DaemonSet {}/{name}", key.namespace))(e)),
+    }
+}
+
+/// One DaemonSet per module version: the current version's is applied; an older version's
+/// stays while nodes still run that version (their plugin keeps serving them during an ordered
+/// upgrade) and is deleted once its DaemonSet controller schedules it nowhere.
 async fn reconcile_device_plugin(
     module: &Module,
     key: &ModuleKey,
@@ -443,25 +519,28 @@ async fn reconcile_device_plugin(
     plan: &ModulePlan,
 ) -> Result<DaemonSetStatus, Error> {
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let name = device_plugin::name(&key.name);
-    let current = ctx
-        .plugin_daemonsets
-        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&key.namespace));
+    let existing = owned_daemonsets(ctx, module, key);
+    let wanted = device_plugin::wanted_version(module);
     let owner = module
         .controller_owner_ref(&())
         .ok_or_else(|| Error::Missing(key.to_string(), "uid"))?;
     let default_sa = (key.namespace == ctx.spoke.operator_namespace)
         .then_some(())
         .and(ctx.device_plugin_service_account.as_deref());
-    let Some(mut ds) = device_plugin::render(module, owner, default_sa) else {
-        if current.is_some() {
-            match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {
-                    ctx.metrics.api_writes.inc();
-                }
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(kube_err(format!("deleting DaemonSet {}/{name}", key.namespace))(e)),
-            }
+    let version_of = |d: &DaemonSet| device_plugin::version_of(d, &key.namespace, &key.name);
+    // The DaemonSet this version already has (found by what its pods wait for), else a new one.
+    let current = existing
+        .iter()
+        .filter(|d| version_of(d).as_deref() == wanted)
+        .min_by_key(|d| d.name_any() != device_plugin::name(&key.name, wanted))
+        .cloned();
+    let name = current
+        .as_ref()
+        .map(|d| d.name_any())
+        .unwrap_or_else(|| device_plugin::name(&key.name, wanted));
+    let Some(mut ds) = device_plugin::render(module, &name, owner, default_sa) else {
+        for d in &existing {
+            delete_daemonset(ctx, key, &d.name_any()).await?;
         }
         return Ok(DaemonSetStatus::default());
     };
@@ -487,10 +566,22 @@ async fn reconcile_device_plugin(
         ctx.metrics.api_writes.inc();
         applied
     };
+    let mut desired = 0;
+    let mut available = 0;
+    for d in existing.iter().filter(|d| d.name_any() != name) {
+        if device_plugin::is_unused_older_version(d, &key.namespace, &key.name, wanted) {
+            delete_daemonset(ctx, key, &d.name_any()).await?;
+            continue;
+        }
+        let s = d.status.clone().unwrap_or_default();
+        desired += s.desired_number_scheduled;
+        available += s.number_available.unwrap_or(0);
+    }
     let s = live.status.unwrap_or_default();
+    // As upstream: during an ordered upgrade the plugins of both versions count.
     Ok(DaemonSetStatus {
         nodes_matching_selector_number: plan.nodes_matching_selector,
-        desired_number: s.desired_number_scheduled,
-        available_number: s.number_available.unwrap_or(0),
+        desired_number: desired + s.desired_number_scheduled,
+        available_number: available + s.number_available.unwrap_or(0),
     })
 }

@@ -1,6 +1,8 @@
-//! The device plugin DaemonSet of a Module: it runs only on nodes where the module is loaded
-//! (the ready label, and for a versioned Module the schedule label of its version), so taking
-//! those labels off a node removes the plugin before the module is unloaded.
+//! The device plugin DaemonSets of a Module: one per module version (as upstream's
+//! `getExistingDSFromVersion`), each running only on nodes where that version is loaded (the
+//! ready label, and for a versioned Module the schedule label of its version), so taking those
+//! labels off a node removes the plugin before the module is unloaded. A Module without a
+//! module loader runs its plugin on the nodes its selector matches.
 
 use std::collections::BTreeMap;
 
@@ -23,9 +25,73 @@ pub const APP: &str = "kmm-device-plugin";
 pub const MODULE_NAMESPACE_ANNOTATION: &str = "kmm.node.kubernetes.io/module-namespace";
 /// Annotation on device plugin pods naming their Module.
 pub const MODULE_NAME_ANNOTATION: &str = "kmm.node.kubernetes.io/module-name";
-/// Name of the Module's DaemonSet.
-pub fn name(module: &str) -> String {
-    format!("{module}-device-plugin")
+/// Upstream's label naming the Module on its DaemonSets and pods.
+pub const MODULE_NAME_LABEL: &str = "kmm.node.kubernetes.io/module.name";
+/// Upstream's label naming what a DaemonSet or pod does.
+pub const ROLE_LABEL: &str = "kmm.node.kubernetes.io/role";
+/// [`ROLE_LABEL`] of device plugin DaemonSets and pods.
+pub const ROLE_DEVICE_PLUGIN: &str = "device-plugin";
+
+/// Name of the Module's DaemonSet for `version` (`None`: an unversioned Module). The version is
+/// in the name when it is a valid name part and fits in 63 characters, else a short hash of it
+/// is. (Validation keeps a Module with a device plugin to 40 characters of name.)
+pub fn name(module: &str, version: Option<&str>) -> String {
+    let base = format!("{module}-device-plugin");
+    let Some(v) = version else { return base };
+    let plain = format!("{base}-{v}");
+    let safe = v
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && v.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if safe && plain.len() <= labels::MAX_NAME_LEN {
+        return plain;
+    }
+    use sha2::{Digest, Sha256};
+    let h: String = Sha256::digest(v.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let hashed = format!("{base}-v{h}");
+    if hashed.len() <= labels::MAX_NAME_LEN {
+        hashed
+    } else {
+        // The name is also a label value (the pods' instance label): at most 63 characters.
+        format!("{module}-dp-v{h}")
+    }
+}
+
+/// The module version a device plugin DaemonSet serves: the schedule label its pods wait for,
+/// `None` for an unversioned one.
+pub fn version_of(ds: &DaemonSet, namespace: &str, module: &str) -> Option<String> {
+    let key = labels::schedule_pod_version(namespace, module).ok()?;
+    ds.spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .node_selector
+        .as_ref()?
+        .get(&key)
+        .cloned()
+}
+
+/// The version the Module's device plugin runs for now (`None`: unversioned).
+pub fn wanted_version(module: &Module) -> Option<&str> {
+    module
+        .spec
+        .module_loader
+        .as_ref()
+        .and_then(|l| l.container.version.as_deref())
+}
+
+/// Whether an existing DaemonSet of the Module is an older version's that no node needs any
+/// more (upstream's `isOlderVersionUnusedDevicePluginDaemonset`), judged only on a status the
+/// DaemonSet controller computed for its current spec.
+pub fn is_unused_older_version(ds: &DaemonSet, namespace: &str, module: &str, wanted: Option<&str>) -> bool {
+    let Some(status) = ds.status.as_ref() else { return false };
+    let observed = status.observed_generation.is_some() && status.observed_generation >= ds.metadata.generation;
+    version_of(ds, namespace, module).as_deref() != wanted && observed && status.desired_number_scheduled == 0
 }
 
 fn container(name: &str, c: &DevicePluginContainerSpec, extra_mount: Option<VolumeMount>) -> Container {
@@ -48,26 +114,30 @@ fn container(name: &str, c: &DevicePluginContainerSpec, extra_mount: Option<Volu
     }
 }
 
-/// The DaemonSet for `module`, or `None` when it has no device plugin. `default_sa` is used when
-/// the Module names no ServiceAccount and lives in the operator's namespace.
-pub fn render(module: &Module, owner: OwnerReference, default_sa: Option<&str>) -> Option<DaemonSet> {
+/// The DaemonSet `name` for `module` at its current version, or `None` when it has no device
+/// plugin. `default_sa` is used when the Module names no ServiceAccount and lives in the
+/// operator's namespace.
+pub fn render(module: &Module, name: &str, owner: OwnerReference, default_sa: Option<&str>) -> Option<DaemonSet> {
     let dp = module.spec.device_plugin.as_ref()?;
     let ns = module.metadata.namespace.clone()?;
     let mod_name = module.metadata.name.clone()?;
     let mut node_selector = module.spec.selector.clone();
-    node_selector.insert(labels::module_ready(&ns, &mod_name).ok()?, String::new());
-    if let Some(v) = module
-        .spec
-        .module_loader
-        .as_ref()
-        .and_then(|l| l.container.version.clone())
-    {
-        node_selector.insert(labels::schedule_pod_version(&ns, &mod_name).ok()?, v);
-    }
-    let pod_labels = BTreeMap::from([
+    // Selector labels: never changed on an existing DaemonSet (the API server refuses it).
+    let selector = BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), APP.to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), name(&mod_name)),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
     ]);
+    let mut pod_labels = selector.clone();
+    pod_labels.insert(MODULE_NAME_LABEL.into(), mod_name.clone());
+    pod_labels.insert(ROLE_LABEL.into(), ROLE_DEVICE_PLUGIN.into());
+    if module.spec.module_loader.is_some() {
+        node_selector.insert(labels::module_ready(&ns, &mod_name).ok()?, String::new());
+    }
+    if let Some(v) = wanted_version(module) {
+        let key = labels::schedule_pod_version(&ns, &mod_name).ok()?;
+        node_selector.insert(key.clone(), v.to_owned());
+        pod_labels.insert(key, v.to_owned());
+    }
     let mut volumes = dp.volumes.clone();
     volumes.push(Volume {
         name: KUBELET_DEVICE_PLUGINS_VOLUME.into(),
@@ -84,7 +154,7 @@ pub fn render(module: &Module, owner: OwnerReference, default_sa: Option<&str>) 
     };
     Some(DaemonSet {
         metadata: ObjectMeta {
-            name: Some(name(&mod_name)),
+            name: Some(name.to_owned()),
             namespace: Some(ns.clone()),
             labels: Some(pod_labels.clone()),
             owner_references: Some(vec![owner]),
@@ -92,7 +162,7 @@ pub fn render(module: &Module, owner: OwnerReference, default_sa: Option<&str>) 
         },
         spec: Some(DaemonSetSpec {
             selector: LabelSelector {
-                match_labels: Some(pod_labels.clone()),
+                match_labels: Some(selector),
                 ..Default::default()
             },
             template: PodTemplateSpec {
@@ -178,8 +248,11 @@ mod tests {
 
     #[test]
     fn plugin_runs_only_where_the_module_is_ready() {
-        let ds = render(&module(None), owner(), None).unwrap();
+        let ds = render(&module(None), &name("gpu", None), owner(), None).unwrap();
         assert_eq!(ds.metadata.name.as_deref(), Some("gpu-device-plugin"));
+        let labels = ds.metadata.labels.clone().unwrap();
+        assert_eq!(labels[MODULE_NAME_LABEL], "gpu");
+        assert_eq!(labels[ROLE_LABEL], "device-plugin");
         let spec = ds.spec.unwrap().template.spec.unwrap();
         let sel = spec.node_selector.unwrap();
         assert_eq!(sel.get("role").map(String::as_str), Some("gpu"));
@@ -194,8 +267,15 @@ mod tests {
 
     #[test]
     fn versioned_plugin_waits_for_the_schedule_label() {
-        let ds = render(&module(Some("2")), owner(), Some("kmm-device-plugin")).unwrap();
-        let spec = ds.spec.unwrap().template.spec.unwrap();
+        let ds = render(
+            &module(Some("2")),
+            "gpu-device-plugin-2",
+            owner(),
+            Some("kmm-device-plugin"),
+        )
+        .unwrap();
+        assert_eq!(version_of(&ds, "ns", "gpu").as_deref(), Some("2"));
+        let spec = ds.clone().spec.unwrap().template.spec.unwrap();
         assert_eq!(
             spec.node_selector
                 .unwrap()
@@ -204,8 +284,63 @@ mod tests {
             Some("2")
         );
         assert_eq!(spec.service_account_name.as_deref(), Some("kmm-device-plugin"));
+        let selector = ds.spec.unwrap().selector.match_labels.unwrap();
+        assert_eq!(
+            selector.keys().collect::<Vec<_>>(),
+            ["app.kubernetes.io/instance", "app.kubernetes.io/name"],
+            "the immutable selector never carries the version"
+        );
         let mut m = module(None);
         m.spec.device_plugin = None;
-        assert!(render(&m, owner(), None).is_none());
+        assert!(render(&m, "x", owner(), None).is_none());
+    }
+
+    #[test]
+    fn one_name_per_version() {
+        assert_eq!(name("gpu", None), "gpu-device-plugin");
+        assert_eq!(name("gpu", Some("1-2")), "gpu-device-plugin-1-2");
+        // Label values may hold what names may not: those get a stable hash.
+        let odd = name("gpu", Some("V1.2_rc"));
+        assert!(odd.starts_with("gpu-device-plugin-v") && odd.len() == "gpu-device-plugin-v".len() + 8);
+        assert_eq!(odd, name("gpu", Some("V1.2_rc")));
+        assert_ne!(odd, name("gpu", Some("V1.2_rd")));
+        assert!(name(&"m".repeat(40), Some(&"1".repeat(20))).len() <= 63);
+    }
+
+    #[test]
+    fn device_plugin_only_modules_follow_the_selector() {
+        let mut m = module(None);
+        m.spec.module_loader = None;
+        let ds = render(&m, &name("gpu", None), owner(), None).unwrap();
+        let sel = ds.spec.unwrap().template.spec.unwrap().node_selector.unwrap();
+        assert_eq!(sel, BTreeMap::from([("role".to_owned(), "gpu".to_owned())]));
+    }
+
+    #[test]
+    fn older_versions_go_once_no_node_runs_them() {
+        let mut ds = render(&module(Some("1")), "gpu-device-plugin-1", owner(), None).unwrap();
+        ds.metadata.generation = Some(1);
+        let status = |desired, observed| k8s_openapi::api::apps::v1::DaemonSetStatus {
+            desired_number_scheduled: desired,
+            observed_generation: observed,
+            ..Default::default()
+        };
+        assert!(!is_unused_older_version(&ds, "ns", "gpu", Some("2")), "no status yet");
+        ds.status = Some(status(2, Some(1)));
+        assert!(
+            !is_unused_older_version(&ds, "ns", "gpu", Some("2")),
+            "nodes still run 1"
+        );
+        ds.status = Some(status(0, Some(1)));
+        assert!(is_unused_older_version(&ds, "ns", "gpu", Some("2")));
+        assert!(
+            !is_unused_older_version(&ds, "ns", "gpu", Some("1")),
+            "the current version stays"
+        );
+        ds.metadata.generation = Some(2);
+        assert!(
+            !is_unused_older_version(&ds, "ns", "gpu", Some("2")),
+            "status of an older spec"
+        );
     }
 }

@@ -8,7 +8,7 @@ use shared_api::module::{DaemonSetStatus, Module};
 use shared_api::nmc::{ModuleConfig, NodeModuleSpec, NodeModuleStatus};
 use shared_api::validation::{self, ValidationErrors};
 
-use super::selection::{NodeView, Selection, select};
+use super::selection::{NodeView, Selection, select, with_internal_tolerations};
 
 /// Facts about the spoke installation the planner needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,13 +38,30 @@ pub struct ModulePlan {
     /// Nodes whose labels match the selector.
     pub nodes_matching_selector: i32,
     /// Matching nodes that are not targeted, with the reason (cordoned, taint, no mapping...).
+    /// A node whose kernel mapping could not be resolved is listed here and keeps its current
+    /// entry in `entries`: a transient error never unloads.
     pub skipped: BTreeMap<String, String>,
+    /// Nodes of an ordered upgrade that keep the version they run (their `version-module` label
+    /// names another version than the Module's), with that version. Their entry, unchanged,
+    /// is in `entries`.
+    pub kept: BTreeMap<String, String>,
     /// Kernel mappings that still carry build or sign instructions: those belong to the hub.
     pub needs_hub: Vec<String>,
 }
 
-/// Plans `module` over `nodes`.
-pub fn plan_module(module: &Module, nodes: &[NodeView], ctx: &SpokeContext) -> Result<ModulePlan, PlanError> {
+/// Plans `module` over `nodes`; `current` holds the Module's entries in the NodeModulesConfigs
+/// today, by node.
+///
+/// As upstream's `prepareNodeSchedulingData`: a versioned Module runs on the nodes whose
+/// version label equals its version; a node labelled for another version keeps its entry as it
+/// is (the version it runs stays loaded: the ordered upgrade moves one node at a time); a node
+/// without the label runs nothing of it.
+pub fn plan_module(
+    module: &Module,
+    nodes: &[NodeView],
+    current: &BTreeMap<String, NodeModuleSpec>,
+    ctx: &SpokeContext,
+) -> Result<ModulePlan, PlanError> {
     validation::validate_module(module)?;
     let name = module.metadata.name.as_deref().unwrap_or_default();
     let namespace = module
@@ -57,7 +74,7 @@ pub fn plan_module(module: &Module, nodes: &[NodeView], ctx: &SpokeContext) -> R
         // A device-plugin-only Module loads nothing.
         plan.nodes_matching_selector = nodes
             .iter()
-            .filter(|n| select(n, &module.spec.selector, &[], None) != Selection::NotMatching)
+            .filter(|n| select(n, &module.spec.selector, &module.spec.tolerations, None) != Selection::NotMatching)
             .count() as i32;
         return Ok(plan);
     };
@@ -88,6 +105,12 @@ pub fn plan_module(module: &Module, nodes: &[NodeView], ctx: &SpokeContext) -> R
         match select(node, &module.spec.selector, &module.spec.tolerations, version) {
             Selection::NotMatching => continue,
             Selection::Targeted => {}
+            Selection::VersionLabel { on_node: Some(v) } if current.contains_key(&node.name) => {
+                plan.nodes_matching_selector += 1;
+                plan.entries.insert(node.name.clone(), current[&node.name].clone());
+                plan.kept.insert(node.name.clone(), v);
+                continue;
+            }
             other => {
                 plan.nodes_matching_selector += 1;
                 plan.skipped.insert(node.name.clone(), skip_reason(&other));
@@ -114,6 +137,10 @@ pub fn plan_module(module: &Module, nodes: &[NodeView], ctx: &SpokeContext) -> R
             Err(e) => {
                 plan.skipped
                     .insert(node.name.clone(), format!("kernel {}: {e}", node.kernel));
+                // As upstream: when the mapping cannot be worked out, the node's entry stays.
+                if let Some(e) = current.get(&node.name) {
+                    plan.entries.insert(node.name.clone(), e.clone());
+                }
                 continue;
             }
         };
@@ -124,7 +151,7 @@ pub fn plan_module(module: &Module, nodes: &[NodeView], ctx: &SpokeContext) -> R
                 namespace: namespace.to_owned(),
                 service_account_name: service_account.clone(),
                 image_repo_secret: module.spec.image_repo_secret.clone(),
-                tolerations: module.spec.tolerations.clone(),
+                tolerations: with_internal_tolerations(&module.spec.tolerations),
                 version: c.version.clone(),
                 config: ModuleConfig {
                     kernel_version: resolved.kernel,
@@ -156,9 +183,9 @@ fn skip_reason(s: &Selection) -> String {
         Selection::Cordoned => "the node is cordoned".into(),
         Selection::Untolerated(t) => format!("the node has the taint {t}, which the Module does not tolerate"),
         Selection::VersionLabel { on_node: None } => "the node has no version-module label for this Module".into(),
-        Selection::VersionLabel { on_node: Some(v) } => {
-            format!("the node's version-module label asks for version {v}, the Module is at another")
-        }
+        Selection::VersionLabel { on_node: Some(v) } => format!(
+            "the node's version-module label asks for version {v}, the Module is at another, and the node runs no version of it"
+        ),
         Selection::NotMatching | Selection::Targeted => String::new(),
     }
 }
@@ -244,7 +271,7 @@ mod tests {
             node("d", "6.1.0-28-amd64", &[]),
             node("e", "6.6.0", &[("role", "worker")]),
         ];
-        let plan = plan_module(&module("kmm-tests"), &nodes, &ctx()).unwrap();
+        let plan = plan_module(&module("kmm-tests"), &nodes, &BTreeMap::new(), &ctx()).unwrap();
         let images: Vec<_> = plan
             .entries
             .iter()
@@ -266,7 +293,7 @@ mod tests {
         );
         assert_eq!(plan.entries["a"].config.modprobe.dir_name, "/opt");
 
-        let plan = plan_module(&module("kmm-system"), &nodes, &ctx()).unwrap();
+        let plan = plan_module(&module("kmm-system"), &nodes, &BTreeMap::new(), &ctx()).unwrap();
         assert_eq!(plan.entries["a"].service_account_name.as_deref(), Some("kmm-worker"));
     }
 
@@ -290,21 +317,106 @@ mod tests {
                 ("kmm.node.kubernetes.io/version-module.ns.kmm-ci-a", "1"),
             ],
         );
-        let plan = plan_module(&m, &[a.clone(), b.clone()], &ctx()).unwrap();
+        let plan = plan_module(&m, &[a.clone(), b.clone()], &BTreeMap::new(), &ctx()).unwrap();
         assert_eq!(plan.entries.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(plan.entries["a"].version.as_deref(), Some("2"));
         assert!(plan.skipped["b"].contains("asks for version 1"));
         a.unschedulable = true;
-        let plan = plan_module(&m, &[a, b], &ctx()).unwrap();
+        let plan = plan_module(&m, &[a, b], &BTreeMap::new(), &ctx()).unwrap();
         assert!(plan.entries.is_empty());
         assert_eq!(plan.skipped["a"], "the node is cordoned");
+    }
+
+    #[test]
+    fn ordered_upgrade_keeps_what_a_node_labelled_for_another_version_runs() {
+        let label = "kmm.node.kubernetes.io/version-module.ns.kmm-ci-a";
+        let mut m = module("ns");
+        m.spec.module_loader.as_mut().unwrap().container.version = Some("1".into());
+        let on = |name: &str, v: Option<&str>| {
+            let mut l = vec![("role", "worker")];
+            l.extend(v.map(|v| (label, v)));
+            node(name, "6.1.0-28-amd64", &l)
+        };
+        let nodes = [on("a", Some("1")), on("b", Some("1")), on("c", None)];
+        let v1 = plan_module(&m, &nodes, &BTreeMap::new(), &ctx()).unwrap();
+        assert_eq!(v1.entries.keys().collect::<Vec<_>>(), ["a", "b"]);
+
+        // The Module moves to version 2 with a new image: nothing changes on a and b.
+        let c = &mut m.spec.module_loader.as_mut().unwrap().container;
+        c.version = Some("2".into());
+        c.kernel_mappings[0].container_image = Some("r/kmm-ci-a:v2".into());
+        let plan = plan_module(&m, &nodes, &v1.entries, &ctx()).unwrap();
+        assert_eq!(plan.entries, v1.entries, "every node keeps version 1");
+        assert_eq!(plan.kept.values().collect::<Vec<_>>(), ["1", "1"]);
+        assert!(plan.skipped["c"].contains("no version-module label"));
+
+        // b is relabelled for 2: only b moves.
+        let nodes = [on("a", Some("1")), on("b", Some("2")), on("c", None)];
+        let plan = plan_module(&m, &nodes, &v1.entries, &ctx()).unwrap();
+        assert_eq!(plan.entries["a"], v1.entries["a"]);
+        assert_eq!(plan.entries["b"].version.as_deref(), Some("2"));
+        assert_eq!(plan.entries["b"].config.container_image, "r/kmm-ci-a:v2");
+        // Its label removed: b runs nothing (the node controller unloads after the plugin left).
+        let nodes = [on("a", Some("1")), on("b", None)];
+        let plan = plan_module(&m, &nodes, &v1.entries, &ctx()).unwrap();
+        assert_eq!(plan.entries.keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn an_unresolvable_mapping_keeps_the_current_entry() {
+        let with_image = |image: &str| {
+            let mut m = module("ns");
+            m.spec.module_loader.as_mut().unwrap().container.kernel_mappings = vec![KernelMapping {
+                regexp: Some(".*".into()),
+                container_image: Some(image.into()),
+                ..Default::default()
+            }];
+            m
+        };
+        // A kernel without an x.y.z prefix cannot fill ${KERNEL_XYZ}: an error at resolve time.
+        let nodes = [node("a", "rolling", &[("role", "worker")])];
+        let good = plan_module(
+            &with_image("r/m:${KERNEL_FULL_VERSION}"),
+            &nodes,
+            &BTreeMap::new(),
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(good.entries["a"].config.container_image, "r/m:rolling");
+        let plan = plan_module(&with_image("r/m:${KERNEL_XYZ}"), &nodes, &good.entries, &ctx()).unwrap();
+        assert!(plan.skipped["a"].starts_with("kernel rolling: "), "{:?}", plan.skipped);
+        assert_eq!(plan.entries["a"], good.entries["a"], "the loaded module stays");
+        let fresh = plan_module(&with_image("r/m:${KERNEL_XYZ}"), &nodes, &BTreeMap::new(), &ctx()).unwrap();
+        assert!(
+            fresh.entries.is_empty(),
+            "nothing new is loaded from an unresolvable mapping"
+        );
+    }
+
+    #[test]
+    fn entries_carry_the_internal_tolerations() {
+        let nodes = [node("a", "6.1.0-28-amd64", &[("role", "worker")])];
+        let plan = plan_module(&module("ns"), &nodes, &BTreeMap::new(), &ctx()).unwrap();
+        let keys: Vec<_> = plan.entries["a"]
+            .tolerations
+            .iter()
+            .filter_map(|t| t.key.as_deref())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "node.kubernetes.io/disk-pressure",
+                "node.kubernetes.io/memory-pressure",
+                "node.kubernetes.io/pid-pressure"
+            ]
+        );
     }
 
     #[test]
     fn invalid_modules_and_hub_sections() {
         let mut m = module("ns");
         m.spec.module_loader.as_mut().unwrap().container.kernel_mappings[1].regexp = Some("(".into());
-        let err = plan_module(&m, &[], &ctx()).unwrap_err();
+        let err = plan_module(&m, &[], &BTreeMap::new(), &ctx()).unwrap_err();
         assert!(
             err.to_string()
                 .contains("kernelMappings[1].regexp: \"(\" is not a valid regular expression"),
@@ -316,7 +428,7 @@ mod tests {
             dockerfile_config_map: Some(k8s_openapi::api::core::v1::LocalObjectReference { name: "df".into() }),
             ..Default::default()
         });
-        let plan = plan_module(&m, &[], &ctx()).unwrap();
+        let plan = plan_module(&m, &[], &BTreeMap::new(), &ctx()).unwrap();
         assert_eq!(plan.needs_hub, ["spec.moduleLoader.container.kernelMappings[0]"]);
     }
 
@@ -326,7 +438,7 @@ mod tests {
             node("a", "6.1.0-28-amd64", &[("role", "worker")]),
             node("b", "6.1.0-28-amd64", &[("role", "worker")]),
         ];
-        let plan = plan_module(&module("ns"), &nodes, &ctx()).unwrap();
+        let plan = plan_module(&module("ns"), &nodes, &BTreeMap::new(), &ctx()).unwrap();
         let current = NodeModuleStatus {
             name: "kmm-ci-a".into(),
             namespace: "ns".into(),

@@ -57,6 +57,40 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     effect_ok && key_ok && value_ok && empty_key_ok
 }
 
+/// The taint a cordoned node carries (the node lifecycle controller adds it; we assume it as
+/// soon as `spec.unschedulable` is set, so a cordon acts before the controller catches up).
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// Tolerations every Module has, as upstream KMM's `InternalTolerations`: a node under disk,
+/// memory or PID pressure keeps its modules (unloading a driver never relieves the pressure).
+pub fn internal_tolerations() -> Vec<Toleration> {
+    [
+        "node.kubernetes.io/disk-pressure",
+        "node.kubernetes.io/memory-pressure",
+        "node.kubernetes.io/pid-pressure",
+    ]
+    .into_iter()
+    .map(|key| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// The Module's tolerations followed by the internal ones it does not already list: what the
+/// NodeModulesConfig entry and the worker pods carry.
+pub fn with_internal_tolerations(tolerations: &[Toleration]) -> Vec<Toleration> {
+    let mut all = tolerations.to_vec();
+    for t in internal_tolerations() {
+        if !all.contains(&t) {
+            all.push(t);
+        }
+    }
+    all
+}
+
 /// The first taint that keeps pods off the node and that no toleration tolerates.
 pub fn untolerated_taint<'a>(taints: &'a [Taint], tolerations: &[Toleration]) -> Option<&'a Taint> {
     taints
@@ -70,11 +104,13 @@ pub fn untolerated_taint<'a>(taints: &'a [Taint], tolerations: &[Toleration]) ->
 pub enum Selection {
     /// Labels do not match the selector.
     NotMatching,
-    /// Matches, but cordoned: its modules unload.
+    /// Matches, but cordoned and the Module does not tolerate `node.kubernetes.io/unschedulable`:
+    /// its modules unload.
     Cordoned,
     /// Matches, but carries a taint the Module does not tolerate.
     Untolerated(String),
-    /// Matches, but a versioned Module waits for the node's version label to equal its version.
+    /// Matches, but a versioned Module's version differs from the node's version label (or the
+    /// node has none).
     VersionLabel {
         /// The label's value on the node, if any.
         on_node: Option<String>,
@@ -85,6 +121,8 @@ pub enum Selection {
 
 /// Decides whether `node` is targeted by a Module with this selector, tolerations and, for an
 /// ordered upgrade, version (`version_label` is the node label key carrying the wanted version).
+/// As upstream, the internal tolerations are added, and a cordon counts as the
+/// `node.kubernetes.io/unschedulable:NoSchedule` taint.
 pub fn select(
     node: &NodeView,
     selector: &BTreeMap<String, String>,
@@ -94,10 +132,23 @@ pub fn select(
     if !selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
         return Selection::NotMatching;
     }
-    if node.unschedulable {
-        return Selection::Cordoned;
+    let tolerations = with_internal_tolerations(tolerations);
+    let mut taints = std::borrow::Cow::Borrowed(&node.taints);
+    if node.unschedulable && !taints.iter().any(|t| t.key == UNSCHEDULABLE_TAINT) {
+        taints.to_mut().insert(
+            0,
+            Taint {
+                key: UNSCHEDULABLE_TAINT.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            },
+        );
     }
-    if let Some(t) = untolerated_taint(&node.taints, tolerations) {
+    // The cordon is listed first: it is the reason an administrator looks for.
+    if let Some(t) = untolerated_taint(&taints, &tolerations) {
+        if t.key == UNSCHEDULABLE_TAINT {
+            return Selection::Cordoned;
+        }
         return Selection::Untolerated(format!(
             "{}={}:{}",
             t.key,
@@ -189,6 +240,34 @@ mod tests {
         );
         n.unschedulable = true;
         assert_eq!(select(&n, &sel, &[], None), Selection::Cordoned);
+    }
+
+    #[test]
+    fn pressure_is_tolerated_and_a_cordon_only_when_not_tolerated() {
+        let sel = BTreeMap::new();
+        let mut n = node(&[]);
+        for key in ["disk-pressure", "memory-pressure", "pid-pressure"] {
+            n.taints = vec![taint(&format!("node.kubernetes.io/{key}"), None, "NoSchedule")];
+            assert_eq!(select(&n, &sel, &[], None), Selection::Targeted, "{key}");
+        }
+        // Pressure evicting pods (NoExecute) is not one of upstream's internal tolerations.
+        n.taints = vec![taint("node.kubernetes.io/memory-pressure", None, "NoExecute")];
+        assert!(matches!(select(&n, &sel, &[], None), Selection::Untolerated(_)));
+        n.taints.clear();
+        n.unschedulable = true;
+        assert_eq!(select(&n, &sel, &[], None), Selection::Cordoned);
+        // The node lifecycle controller's taint alone (cordon seen through it) is the same.
+        n.unschedulable = false;
+        n.taints = vec![taint(UNSCHEDULABLE_TAINT, None, "NoSchedule")];
+        assert_eq!(select(&n, &sel, &[], None), Selection::Cordoned);
+        n.unschedulable = true;
+        let cordon_ok = tol(Some(UNSCHEDULABLE_TAINT), Some("Exists"), None, Some("NoSchedule"));
+        assert_eq!(select(&n, &sel, &[cordon_ok], None), Selection::Targeted);
+        assert_eq!(
+            with_internal_tolerations(&internal_tolerations()[..1]).len(),
+            3,
+            "listed once"
+        );
     }
 
     #[test]
