@@ -98,6 +98,22 @@ pub struct Recorder {
     seen: Arc<Mutex<Seen>>,
 }
 
+/// The API server refuses an Event whose note is over 1 KiB: a longer one is cut at a
+/// character boundary and marked, so the event is still recorded.
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+fn fit_note(note: &str) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note.to_owned();
+    }
+    const MARK: &str = " [...]";
+    let mut end = MAX_NOTE_BYTES - MARK.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &note[..end])
+}
+
 impl Recorder {
     /// A recorder reporting as `reporter`.
     pub fn new(client: kube::Client, reporter: Reporter) -> Self {
@@ -169,7 +185,7 @@ impl Recorder {
             },
             action: Some(ev.action.clone()),
             reason: Some(ev.reason.clone()),
-            note: ev.note.clone(),
+            note: ev.note.as_deref().map(fit_note),
             type_: Some(
                 match ev.type_ {
                     EventType::Normal => "Normal",
@@ -190,6 +206,15 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_notes_are_cut_to_what_the_api_server_takes() {
+        assert_eq!(fit_note("short"), "short");
+        let long = "é".repeat(700);
+        let cut = fit_note(&long);
+        assert!(cut.len() <= MAX_NOTE_BYTES && cut.ends_with(" [...]"), "{}", cut.len());
+        assert!(cut.starts_with("éé"));
+    }
 
     fn key(reason: &str, note: &str, object: &str) -> Key {
         Key {
