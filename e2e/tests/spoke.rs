@@ -943,6 +943,30 @@ async fn kernel_versions_claim_follows_the_nodes(env: Arc<Env>) -> Result<()> {
             }
         })
         .await?;
+    // Someone edits the claim, then deletes it: kmm-spoke writes it again each time.
+    let want = claims.get(KERNEL_VERSIONS_CLAIM).await?.spec.value;
+    claims
+        .patch(
+            KERNEL_VERSIONS_CLAIM,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"value": "1.0.0-bogus"}})),
+        )
+        .await?;
+    let restored = |what: &'static str| {
+        let (claims, want) = (claims.clone(), want.clone());
+        let env = env.clone();
+        async move {
+            env.cluster
+                .wait(what, TIMEOUT, || async {
+                    let got = claims.get_opt(KERNEL_VERSIONS_CLAIM).await?.map(|c| c.spec.value);
+                    Ok((got.as_deref() == Some(want.as_str())).then_some(()))
+                })
+                .await
+        }
+    };
+    restored("the edited claim restored").await?;
+    claims.delete(KERNEL_VERSIONS_CLAIM, &DeleteParams::default()).await?;
+    restored("the deleted claim recreated").await?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -24,6 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use shared_api::module::Module;
 use shared_api::nmc::NodeModulesConfig;
+use shared_api::ocm::{ClusterClaim, KERNEL_VERSIONS_CLAIM};
 use tokio_util::sync::CancellationToken;
 
 /// Everything `run` needs from the command line.
@@ -336,20 +337,44 @@ async fn publish_claims(
     if !managed {
         return;
     }
+    // The claim itself is watched: deleted or edited by someone else, it is written again.
+    let (published, published_w) = reflector::store::<ClusterClaim>();
+    let claim_watch = reflector::reflector(
+        published_w,
+        watcher(
+            Api::<ClusterClaim>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={KERNEL_VERSIONS_CLAIM}")),
+        ),
+    )
+    .default_backoff()
+    .for_each(|_| async {});
+    let claim_watch = tokio::spawn(claim_watch);
     let mut last: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
         }
         if !*synced.borrow() {
             continue;
         }
         let value = claim::claim_value(&nodes);
-        if value.is_empty() || last.as_deref() == Some(value.as_str()) {
+        // What the cluster holds now, once the claim cache has its first list; until then what
+        // we last wrote.
+        let current = if published.wait_until_ready().now_or_never().is_some() {
+            published
+                .get(&ObjectRef::new(KERNEL_VERSIONS_CLAIM))
+                .map(|c| c.spec.value.clone())
+        } else {
+            last.clone()
+        };
+        if value.is_empty() || current.as_deref() == Some(value.as_str()) {
             continue;
+        }
+        if last.as_deref() == Some(value.as_str()) {
+            tracing::warn!("the kernel-versions ClusterClaim was deleted or changed by someone else; writing it again");
         }
         match claim::publish(&client, &value).await {
             Ok(()) => {
@@ -359,4 +384,5 @@ async fn publish_claims(
             Err(e) => tracing::warn!(error = %e, "publishing the kernel-versions ClusterClaim; retrying"),
         }
     }
+    claim_watch.abort();
 }
