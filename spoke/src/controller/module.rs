@@ -126,6 +126,38 @@ async fn withdraw_entry(ctx: &Context, node: &str, key: &ModuleKey) -> Result<()
     Err(Error::Missing(what(), "a stable entry after 5 attempts"))
 }
 
+/// Sets `Degraded` for `reason`, and says it in a Warning event and the log once per distinct
+/// message (node events re-plan every Module, so a lasting problem is seen many times).
+async fn degrade(
+    ctx: &Context,
+    module: &Module,
+    status: &mut ModuleStatus,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) {
+    let was = module
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::DEGRADED))
+        .map(|c| c.message.as_str());
+    if was != Some(message.as_str()) {
+        tracing::warn!(module = %module.name_any(), namespace = ?module.metadata.namespace, reason, %message, "degraded");
+        publish(ctx, module, EventType::Warning, reason, message.clone()).await;
+    }
+    conditions::set(
+        &mut status.conditions,
+        Wanted {
+            type_: conditions::DEGRADED,
+            status: true,
+            reason,
+            message,
+        },
+        module.metadata.generation,
+        now,
+    );
+}
+
 async fn publish(ctx: &Context, module: &Module, type_: EventType, reason: &str, note: String) {
     let ev = Event {
         type_,
@@ -258,27 +290,8 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
                 PlanError::Mapping(_) => "InvalidKernelMapping",
             };
             let message = e.to_string();
-            let was = module
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::DEGRADED))
-                .map(|c| c.message.clone());
-            // Said once per distinct problem: node events re-plan every Module.
-            if was.as_deref() != Some(message.as_str()) {
-                tracing::warn!(module = %key, %message, "not loading: the spec is invalid");
-                publish(ctx, module, EventType::Warning, reason, message.clone()).await;
-            }
-            conditions::set(
-                &mut status.conditions,
-                Wanted {
-                    type_: conditions::DEGRADED,
-                    status: true,
-                    reason,
-                    message,
-                },
-                generation,
-                now,
-            );
+            tracing::debug!(module = %key, %message, "not loading: the spec is invalid");
+            degrade(ctx, module, &mut status, reason, message, now).await;
             conditions::set(
                 &mut status.conditions,
                 Wanted {
@@ -343,26 +356,7 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
     status.device_plugin = plugin;
     set_conditions(&mut status, &plan, generation, now);
     if let Some(message) = &plugin_error {
-        let was = module
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::DEGRADED))
-            .map(|c| c.message.as_str());
-        if was != Some(message.as_str()) {
-            tracing::warn!(module = %key, %message, "device plugin DaemonSet refused");
-            publish(ctx, module, EventType::Warning, "DevicePluginFailed", message.clone()).await;
-        }
-        conditions::set(
-            &mut status.conditions,
-            Wanted {
-                type_: conditions::DEGRADED,
-                status: true,
-                reason: "DevicePluginFailed",
-                message: message.clone(),
-            },
-            generation,
-            now,
-        );
+        degrade(ctx, module, &mut status, "DevicePluginFailed", message.clone(), now).await;
     }
     if !node_failures.is_empty() {
         let message = format!(
@@ -370,25 +364,7 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
             node_failures.len(),
             node_failures.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
         );
-        let was = module
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == conditions::DEGRADED))
-            .map(|c| c.message.as_str());
-        if was != Some(message.as_str()) {
-            publish(ctx, module, EventType::Warning, "NodeUpdateFailed", message.clone()).await;
-        }
-        conditions::set(
-            &mut status.conditions,
-            Wanted {
-                type_: conditions::DEGRADED,
-                status: true,
-                reason: "NodeUpdateFailed",
-                message,
-            },
-            generation,
-            now,
-        );
+        degrade(ctx, module, &mut status, "NodeUpdateFailed", message, now).await;
     }
     ctx.metrics.set_module(&key, &status.module_loader);
     patch_status(ctx, module, status).await?;
