@@ -31,13 +31,7 @@ pub fn field_manager(key: &ModuleKey) -> String {
     if m.len() <= 128 {
         return m;
     }
-    use sha2::{Digest, Sha256};
-    let h: String = Sha256::digest(m.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("kmm-spoke.module.{h}")
+    format!("kmm-spoke.module.{}", crate::plan::short_sha256(m.as_bytes(), 8))
 }
 
 fn nmc_entry<'a>(nmc: &'a NodeModulesConfig, key: &ModuleKey) -> Option<&'a NodeModuleSpec> {
@@ -448,13 +442,8 @@ fn set_conditions(status: &mut ModuleStatus, plan: &ModulePlan, generation: Opti
 const SPEC_HASH: &str = "kmm.node.kubernetes.io/spec-hash";
 
 fn spec_hash(ds: &DaemonSet) -> String {
-    use sha2::{Digest, Sha256};
     let bytes = serde_json::to_vec(ds).expect("a DaemonSet always serialises");
-    Sha256::digest(bytes)
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::plan::short_sha256(&bytes, 12)
 }
 
 /// The Module's device plugin DaemonSets in the cache: ours (our app label), owned by it.

@@ -46,12 +46,7 @@ pub fn name(module: &str, version: Option<&str>) -> String {
     if safe && plain.len() <= labels::MAX_NAME_LEN {
         return plain;
     }
-    use sha2::{Digest, Sha256};
-    let h: String = Sha256::digest(v.as_bytes())
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let h = super::short_sha256(v.as_bytes(), 4);
     let hashed = format!("{base}-v{h}");
     if hashed.len() <= labels::MAX_NAME_LEN {
         hashed

@@ -7,6 +7,17 @@ pub mod node_plan;
 pub mod selection;
 pub mod worker_pod;
 
+/// The first `bytes` bytes of the SHA-256 of `data`, in lowercase hex: the short stable hashes
+/// in object names, field managers and spec annotations.
+pub fn short_sha256(data: &[u8], bytes: usize) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .take(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A Module's identity on a node: namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ModuleKey {
