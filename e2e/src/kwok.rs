@@ -7,6 +7,8 @@
 //!   pods, Job pods) then finish: `Succeeded` with exit code 0 after
 //!   [`COMPLETE_AFTER_MS`], or `Failed` with exit code 1 if annotated
 //!   [`FAIL_ANNOTATION`]`: "true"`;
+//! - pods annotated [`STUCK_ANNOTATION`]`: "true"` never start: they stay `Pending` with their
+//!   container waiting in `ImagePullBackOff`, as a kubelet reports an image it cannot pull;
 //! - pods being deleted are removed (no kubelet is there to confirm it).
 
 use std::collections::BTreeMap;
@@ -17,6 +19,8 @@ use serde_json::{Value, json};
 pub const NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
 /// Put `"true"` here on a run-to-completion pod to make it fail.
 pub const FAIL_ANNOTATION: &str = "e2e.kmm.sigs.x-k8s.io/fail";
+/// Put `"true"` here on a pod to keep it `Pending` for good (an image that cannot be pulled).
+pub const STUCK_ANNOTATION: &str = "e2e.kmm.sigs.x-k8s.io/stuck";
 /// Hub build pods (this label) run until the stand-in executor puts `"true"` in
 /// [`BUILD_DONE_ANNOTATION`]; then they complete (or fail, with [`FAIL_ANNOTATION`]).
 pub const BUILD_POD_LABEL: &str = "app.kubernetes.io/name=kmm-build";
@@ -231,6 +235,9 @@ spec:
     - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
       operator: 'NotIn'
       values: ['True']
+    - key: '.metadata.annotations["{STUCK_ANNOTATION}"]'
+      operator: 'NotIn'
+      values: ['true']
   next:
     statusTemplate: |
       {{{{ $now := Now }}}}
@@ -294,6 +301,51 @@ spec:
       {{{{ end }}}}
       phase: Running
       startTime: {{{{ $now | Quote }}}}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-stuck
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Pending']
+    - key: '.metadata.annotations["{STUCK_ANNOTATION}"]'
+      operator: 'In'
+      values: ['true']
+    - key: '.status.containerStatuses'
+      operator: 'DoesNotExist'
+  next:
+    statusTemplate: |
+      {{{{ $now := Now }}}}
+      conditions:
+      - lastTransitionTime: {{{{ $now | Quote }}}}
+        status: "True"
+        type: PodScheduled
+      - lastTransitionTime: {{{{ $now | Quote }}}}
+        status: "False"
+        type: Ready
+        reason: ContainersNotReady
+      containerStatuses:
+      {{{{ range .spec.containers }}}}
+      - image: {{{{ .image | Quote }}}}
+        name: {{{{ .name | Quote }}}}
+        ready: false
+        started: false
+        restartCount: 0
+        state:
+          waiting:
+            reason: ImagePullBackOff
+            message: {{{{ printf "Back-off pulling image %q" .image | Quote }}}}
+      {{{{ end }}}}
+      phase: Pending
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage

@@ -579,6 +579,15 @@ async fn spoke_scenario_under_its_service_account(env: Arc<Env>) -> Result<()> {
     for n in ["scn-a", "scn-b"] {
         wait_loaded(&env, n, ns, name, None).await?;
     }
+    // Its last Module gone, the namespace loses the label the webhook selects on.
+    env.spoke
+        .wait("the contains-modules label leaves the namespace", TIMEOUT, || async {
+            let n = Api::<k8s_openapi::api::core::v1::Namespace>::all(env.spoke.client.clone())
+                .get(ns)
+                .await?;
+            Ok((!kube::ResourceExt::labels(&n).contains_key(shared_api::labels::CONTAINS_MODULES_LABEL)).then_some(()))
+        })
+        .await?;
     node_event(
         &env,
         "scn-b",

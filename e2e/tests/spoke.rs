@@ -21,12 +21,13 @@ use base64::Engine;
 use e2e::KubeCluster;
 use e2e::bins::Bins;
 use e2e::certs::Ca;
-use e2e::kwok::{FAIL_ANNOTATION, NodeSpec};
+use e2e::kwok::{FAIL_ANNOTATION, NodeSpec, STUCK_ANNOTATION};
 use e2e::proc::{Spawn, Supervisor};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kmm_spoke::plan::device_plugin::MODULE_NAME_LABEL;
 use kmm_spoke::plan::worker_pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -65,6 +66,9 @@ macro_rules! tests {
     };
 }
 
+/// `worker.pendingTimeout` of the kmm-spoke under test.
+const PENDING_TIMEOUT: Duration = Duration::from_secs(15);
+
 async fn start() -> Result<Env> {
     let bins = Bins::locate()?;
     let dir = PathBuf::from(concat!(env!("CARGO_TARGET_TMPDIR"), "/kmm-e2e/spoke-tests"));
@@ -86,6 +90,7 @@ async fn start() -> Result<Env> {
                 "--namespace=kmm-system",
                 "--managed=true",
                 "--worker-image=kmm-worker:e2e",
+                &format!("--worker-pending-timeout={}s", PENDING_TIMEOUT.as_secs()),
                 &format!("--health-probe-bind-address=127.0.0.1:{health}"),
                 &format!("--metrics-bind-address=127.0.0.1:{metrics}"),
             ])
@@ -123,11 +128,14 @@ fn main() -> ExitCode {
         bad_regexp_and_untagged_image_get_clear_conditions,
         build_or_sign_left_in_the_spec_gets_the_needs_hub_condition,
         failing_worker_pod_is_reported_and_retried_with_backoff,
+        stuck_worker_pod_is_replaced_times_out_and_holds_no_other_module_back,
         untolerated_taint_keeps_a_node_out_until_tolerated,
         pressure_is_tolerated_and_a_cordon_only_unloads_what_does_not_tolerate_it,
         device_plugin_only_module_runs_on_its_selector,
         one_refused_node_does_not_hold_the_others_back,
         orphaned_status_is_unloaded,
+        status_written_from_a_stale_view_is_refused,
+        upstream_kmm_state_is_taken_over_without_reloading,
         each_module_on_a_node_gets_its_own_events,
         refused_worker_pod_is_reported_on_the_node,
         device_plugin_problems_are_named_on_the_module,
@@ -277,6 +285,21 @@ async fn node_events(env: &Env, node: &str, reason: &str) -> Result<Vec<String>>
         .collect())
 }
 
+/// How often `message` was said on `node` for `reason`: events and their repeats (a repeat
+/// raises the count of the event it folds into).
+async fn times_said(env: &Env, node: &str, reason: &str, message: &str) -> Result<i32> {
+    let api: Api<Event> = Api::all(env.client());
+    let list = api
+        .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason) && e.message.as_deref() == Some(message))
+        .map(|e| e.count.unwrap_or(1).max(1))
+        .sum())
+}
+
 async fn wait_event(env: &Env, node: &str, reason: &str, message: &str) -> Result<()> {
     env.cluster
         .wait(&format!("{reason} event on {node}"), TIMEOUT, || async move {
@@ -363,7 +386,7 @@ async fn three_nodes_on_two_kernels_get_their_image(env: Arc<Env>) -> Result<()>
             let pods = pods.clone();
             async move {
                 let left = pods
-                    .list(&ListParams::default().labels("app.kubernetes.io/name=kmm-worker"))
+                    .list(&ListParams::default().labels(worker_pod::SELECTOR))
                     .await?
                     .items;
                 Ok(left.is_empty().then_some(()))
@@ -513,7 +536,7 @@ async fn deletion_unloads_everywhere_and_clears_labels(env: Arc<Env>) -> Result<
 struct PodSeen {
     name: String,
     node: String,
-    /// `load`/`unload` for worker pods, the DaemonSet name for device plugin pods.
+    /// `Load`/`Unload` for worker pods, the DaemonSet name for device plugin pods.
     what: String,
     gone: bool,
 }
@@ -732,7 +755,7 @@ async fn ordered_upgrade(env: Arc<Env>) -> Result<()> {
     // upg-c never saw an unload pod.
     for n in ["upg-a", "upg-b"] {
         let unload = pods
-            .first(|p| p.node == n && p.what == "unload")
+            .first(|p| p.node == n && p.what == "Unload")
             .with_context(|| format!("no unload pod on {n}: {:#?}", pods.all()))?;
         let plugin_gone = pods
             .first(|p| p.node == n && p.what == ds_v1 && p.gone)
@@ -744,14 +767,14 @@ async fn ordered_upgrade(env: Arc<Env>) -> Result<()> {
         );
     }
     ensure!(
-        pods.first(|p| p.node == "upg-c" && p.what == "unload").is_none(),
+        pods.first(|p| p.node == "upg-c" && p.what == "Unload").is_none(),
         "upg-c, never relabelled, saw an unload pod: {:#?}",
         pods.all()
     );
     let loads_on_c: BTreeSet<String> = pods
         .all()
         .into_iter()
-        .filter(|p| p.node == "upg-c" && p.what == "load")
+        .filter(|p| p.node == "upg-c" && p.what == "Load")
         .map(|p| p.name)
         .collect();
     ensure!(loads_on_c.len() == 1, "upg-c loaded more than once: {loads_on_c:?}");
@@ -1094,7 +1117,7 @@ async fn build_or_sign_left_in_the_spec_gets_the_needs_hub_condition(env: Arc<En
         wait_loaded(&env, "hub-a", ns, name, Some(&image)).await?;
     }
     let others = Api::<Pod>::namespaced(env.client(), ns)
-        .list(&ListParams::default().labels("app.kubernetes.io/name!=kmm-worker"))
+        .list(&ListParams::default().labels(&format!("!{}", worker_pod::SELECTOR)))
         .await?;
     ensure!(
         others.items.is_empty(),
@@ -1111,7 +1134,7 @@ async fn failing_worker_pod_is_reported_and_retried_with_backoff(env: Arc<Env>) 
             .label("e2e/test", t)
             .label(MODPROBE_FAILS_LABEL, "true")])
         .await?;
-    let webhook = simulate_failing_modprobe(&env, ns, on).await?;
+    let webhook = simulate_failing_modprobe(&env, ns, on, name).await?;
     let failures_before = worker_pod_failures(&env).await?;
     apply_module(
         &env,
@@ -1141,9 +1164,7 @@ async fn failing_worker_pod_is_reported_and_retried_with_backoff(env: Arc<Env>) 
     let window = tokio::time::Instant::now() + Duration::from_secs(20);
     while tokio::time::Instant::now() < window {
         env.cluster.check_alive()?;
-        let list = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/name=kmm-worker"))
-            .await?;
+        let list = pods.list(&ListParams::default().labels(worker_pod::SELECTOR)).await?;
         // Never two attempts at once, however far behind the spoke's caches are.
         let running: Vec<String> = list
             .items
@@ -1394,12 +1415,12 @@ async fn pressure_is_tolerated_and_a_cordon_only_unloads_what_does_not_tolerate_
     let unloads = |log: &PodLog| -> Vec<String> {
         log.all()
             .into_iter()
-            .filter(|p| p.what == "unload")
+            .filter(|p| p.what == "Unload")
             .map(|p| p.node)
             .collect()
     };
     ensure!(
-        tolerant_pods.all().iter().all(|p| p.what != "unload"),
+        tolerant_pods.all().iter().all(|p| p.what != "Unload"),
         "the Module tolerating the cordon was unloaded: {:?}",
         unloads(&tolerant_pods)
     );
@@ -1567,6 +1588,195 @@ async fn one_refused_node_does_not_hold_the_others_back(env: Arc<Env>) -> Result
         .await
 }
 
+/// A node where upstream KMM ran and loaded a module: its NodeModulesConfig (spec and status as
+/// upstream writes them, with its pull-policy default and no status timestamps), the ready label
+/// it set, and its finished worker pod with its finalizer. kmm-spoke, meeting all this, must
+/// recognise the module as loaded (no worker pod of its own, nothing unloaded), keep the label,
+/// and clean up upstream's pod.
+async fn upstream_kmm_state_is_taken_over_without_reloading(env: Arc<Env>) -> Result<()> {
+    let (t, ns, name, on) = ("t-migrate", "t-migrate", "kmm-ci-a", "mig-a");
+    env.cluster.ensure_namespace(ns).await?;
+    let pods = PodLog::start(&env, ns).await?;
+    // The Module as the API server stores it (defaults applied), without creating it yet.
+    let m = module(ns, name, t, json!({}));
+    let modules: Api<Module> = Api::namespaced(env.client(), ns);
+    let stored = modules
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &serde_json::from_value(m.clone())?,
+        )
+        .await?;
+    let modprobe = serde_json::to_value(
+        &stored
+            .spec
+            .module_loader
+            .as_ref()
+            .context("no moduleLoader")?
+            .container
+            .modprobe,
+    )?;
+    // Upstream's ModuleConfig: every field written, the pull policy as its CRD defaults it.
+    let config = json!({
+        "kernelVersion": K1,
+        "containerImage": format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}"),
+        "imagePullPolicy": "IfNotPresent",
+        "insecurePull": false,
+        "modprobe": modprobe,
+    });
+    let item = json!({"name": name, "namespace": ns, "serviceAccountName": "", "config": config});
+    let nmcs: Api<NodeModulesConfig> = Api::all(env.client());
+    nmcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+            "kind": "NodeModulesConfig",
+            "metadata": {"name": on},
+            "spec": {"modules": [item.clone()]}
+        }))?,
+    )
+    .await?;
+    let mut loaded = item.clone();
+    loaded["bootId"] = json!(format!("boot-{on}"));
+    nmcs.patch_status(
+        on,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"modules": [loaded]}})),
+    )
+    .await?;
+    // The node comes after its NodeModulesConfig (the node controller waits for the node), so
+    // kmm-spoke first meets spec and status together, as on a cluster upstream KMM ran.
+    env.cluster
+        .add_nodes(&[NodeSpec::new(on, K1)
+            .label("e2e/test", t)
+            .label(ready_label(ns, name), "")])
+        .await?;
+    // Upstream's load pod (its name, labels and finalizer), finished.
+    let upstream_pod = format!("kmm-worker-{on}-{name}");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "name": upstream_pod,
+            "namespace": ns,
+            "labels": {
+                "app.kubernetes.io/name": "kmm",
+                "app.kubernetes.io/component": "worker",
+                "app.kubernetes.io/part-of": "kmm",
+                MODULE_NAME_LABEL: name,
+                worker_pod::ACTION_LABEL: "Load"
+            },
+            "finalizers": [worker_pod::UPSTREAM_FINALIZER]
+        },
+        "spec": {
+            "nodeName": on,
+            "restartPolicy": "Never",
+            "containers": [{"name": "worker", "image": "kmm-worker:e2e"}]
+        }
+    }))?;
+    Api::<Pod>::namespaced(env.client(), ns)
+        .create(&PostParams::default(), &pod)
+        .await?;
+
+    apply_module(&env, m).await?;
+    // Taken over: upstream's pod loses its finalizer and goes, and the Module counts the node
+    // as loaded.
+    env.cluster
+        .wait("upstream's worker pod is cleaned up", TIMEOUT, || async {
+            let gone = Api::<Pod>::namespaced(env.client(), ns)
+                .get_opt(&upstream_pod)
+                .await?
+                .is_none();
+            Ok(gone.then_some(()))
+        })
+        .await?;
+    env.cluster
+        .wait("the Module is available 1/1", TIMEOUT, || async {
+            let l = module_status(&env, ns, name)
+                .await?
+                .status
+                .unwrap_or_default()
+                .module_loader;
+            Ok((l.desired_number == 1 && l.available_number == 1).then_some(()))
+        })
+        .await?;
+    // Nothing was reloaded: no worker pod of ours, the status entry upstream wrote, the label.
+    let ours: Vec<PodSeen> = pods.all().into_iter().filter(|p| p.name != upstream_pod).collect();
+    ensure!(
+        ours.is_empty(),
+        "kmm-spoke started worker pods for a loaded module: {ours:#?}"
+    );
+    let nmc = nmcs.get(on).await?;
+    let status = nmc.status.unwrap_or_default().modules;
+    ensure!(
+        status.len() == 1 && status[0].boot_id.as_deref() == Some(&*format!("boot-{on}")),
+        "status: {status:?}"
+    );
+    ensure!(
+        labels_of(&node(&env, on).await?).contains_key(&ready_label(ns, name)),
+        "the ready label left {on}"
+    );
+    Ok(())
+}
+
+/// The node controller's status write, against the real API server: one computed from a view
+/// older than the object is refused and writes nothing, so a lagging cache can never drop an
+/// entry that an earlier pass recorded.
+async fn status_written_from_a_stale_view_is_refused(env: Arc<Env>) -> Result<()> {
+    use kmm_spoke::controller::node::write_status_at;
+    let name = "stale-view-nmc";
+    let nmcs: Api<NodeModulesConfig> = Api::all(env.client());
+    let nmc: NodeModulesConfig = serde_json::from_value(json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
+        "kind": "NodeModulesConfig",
+        "metadata": {"name": name},
+        "spec": {"modules": []}
+    }))?;
+    let created = nmcs.create(&PostParams::default(), &nmc).await?;
+    let entry = |module: &str| NodeModuleStatus {
+        name: module.into(),
+        namespace: "t-stale".into(),
+        config: ModuleConfig {
+            kernel_version: K1.into(),
+            container_image: format!("registry.e2e.invalid/{module}:1"),
+            ..Default::default()
+        },
+        last_transition_time: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        boot_id: Some("boot-1".into()),
+        ..Default::default()
+    };
+    let seen = created.resource_version();
+    // First pass: records "a".
+    let after_a = write_status_at(&nmcs, name, seen.as_deref(), &[entry("a")])
+        .await?
+        .context("a write from the current view was refused")?;
+    // A second pass that still sees the object as it was before "a" would write ["b"] alone.
+    let stale = write_status_at(&nmcs, name, seen.as_deref(), &[entry("b")]).await?;
+    ensure!(stale.is_none(), "a write from a stale view went through: {stale:?}");
+    let names = |n: NodeModulesConfig| -> Vec<String> {
+        n.status
+            .unwrap_or_default()
+            .modules
+            .into_iter()
+            .map(|m| m.name)
+            .collect()
+    };
+    let now = nmcs.get(name).await?;
+    ensure!(
+        names(now.clone()) == ["a"],
+        "status after the refused write: {:?}",
+        names(now)
+    );
+    // From the fresh view it adds "b" next to "a".
+    write_status_at(&nmcs, name, Some(&after_a), &[entry("a"), entry("b")])
+        .await?
+        .context("a write from the fresh view was refused")?;
+    let now = nmcs.get(name).await?;
+    ensure!(names(now.clone()) == ["a", "b"], "{:?}", names(now));
+    nmcs.delete(name, &DeleteParams::default()).await?;
+    Ok(())
+}
+
 async fn orphaned_status_is_unloaded(env: Arc<Env>) -> Result<()> {
     // A module recorded as loaded on a node although no Module asks for it any more (say the
     // Module was removed while kmm-spoke was down, its finalizer forced away).
@@ -1616,10 +1826,146 @@ async fn orphaned_status_is_unloaded(env: Arc<Env>) -> Result<()> {
     .await
 }
 
+// ------------------------------------------------------------------ a worker pod that never starts
+
+/// The worker pods of `module` in `ns` that KWOK keeps waiting for their image.
+async fn stuck_pods(env: &Env, ns: &str, module: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(env.client(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("{MODULE_NAME_LABEL}={module}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.as_deref())
+                        == Some("ImagePullBackOff")
+                })
+        })
+        .collect())
+}
+
+fn parameters_of(p: &Pod) -> Vec<String> {
+    p.annotations()
+        .get(worker_pod::CONFIG_ANNOTATION)
+        .and_then(|c| serde_json::from_str::<ModuleConfig>(c).ok())
+        .map(|c| c.modprobe.parameters)
+        .unwrap_or_default()
+}
+
+async fn stuck_worker_pod_is_replaced_times_out_and_holds_no_other_module_back(env: Arc<Env>) -> Result<()> {
+    let (t, ns, on) = ("t-stuck", "t-stuck", "stuck-a");
+    let (stuck, free) = ("stuck", "free");
+    env.cluster
+        .add_nodes(&[NodeSpec::new(on, K1)
+            .label("e2e/test", t)
+            .label(WORKER_STUCK_LABEL, stuck)])
+        .await?;
+    let webhook = simulate_failing_modprobe(&env, ns, on, stuck).await?;
+    let with = |p: &str| json!({"spec": {"moduleLoader": {"container": {"modprobe": {"parameters": [p]}}}}});
+    apply_module(&env, module(ns, stuck, t, with("try=1"))).await?;
+    apply_module(&env, module(ns, free, t, json!({}))).await?;
+    let image = format!("registry.e2e.invalid/kmm-ci-a:deb-{K1}");
+
+    // The other Module of the node loads while this one's pod cannot start.
+    let first = env
+        .cluster
+        .wait("the first worker pod waits for its image", TIMEOUT, || async {
+            Ok(stuck_pods(&env, ns, stuck).await?.into_iter().next())
+        })
+        .await?;
+    wait_loaded(&env, on, ns, free, Some(&image)).await?;
+
+    // Its entry changes while it waits: it is replaced by a pod for the new entry.
+    apply_module(&env, module(ns, stuck, t, with("try=2"))).await?;
+    let first_uid = first.uid();
+    let second = env
+        .cluster
+        .wait("a pod for the new entry replaces the waiting one", TIMEOUT, || async {
+            let pods = stuck_pods(&env, ns, stuck).await?;
+            let old_gone = pods.iter().all(|p| p.uid() != first_uid);
+            Ok(pods
+                .into_iter()
+                .find(|p| parameters_of(p) == ["try=2"])
+                .filter(|_| old_gone))
+        })
+        .await?;
+    ensure!(
+        parameters_of(&first) == ["try=1"],
+        "first pod's parameters: {:?}",
+        parameters_of(&first)
+    );
+
+    // It never starts: after the timeout the node says so, with the kubelet's reason, and the
+    // attempt is retried with backoff.
+    let prefix = format!("Module {ns}/{stuck}: loading failed on attempt 1 (worker pod ");
+    let message = wait_event_starting(&env, on, "ModuleLoadFailed", &prefix).await?;
+    ensure!(
+        message.contains(&format!(
+            "still Pending after {}s: ImagePullBackOff: Back-off pulling image",
+            PENDING_TIMEOUT.as_secs()
+        )) && message.ends_with("; retrying in 10s"),
+        "{message}"
+    );
+    ensure!(
+        !labels_of(&node(&env, on).await?).contains_key(&ready_label(ns, stuck)),
+        "{on} labelled ready for a module whose worker pod never started"
+    );
+
+    // The image can be pulled again: the retry loads the new entry, and the stuck pod is gone.
+    Api::<Node>::all(env.client())
+        .patch(
+            on,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {WORKER_STUCK_LABEL: null}}})),
+        )
+        .await?;
+    wait_loaded(&env, on, ns, stuck, Some(&image)).await?;
+    let nmc = Api::<NodeModulesConfig>::all(env.client()).get(on).await?;
+    let loaded = nmc
+        .status
+        .unwrap_or_default()
+        .modules
+        .into_iter()
+        .find(|m| m.name == stuck)
+        .context("no status entry")?;
+    ensure!(
+        loaded.config.modprobe.parameters == ["try=2"],
+        "{:?}",
+        loaded.config.modprobe.parameters
+    );
+    let second_uid = second.uid();
+    env.cluster
+        .wait("the stuck pod is gone", TIMEOUT, || async {
+            let pods = Api::<Pod>::namespaced(env.client(), ns)
+                .list(&ListParams::default().labels(&format!("{MODULE_NAME_LABEL}={stuck}")))
+                .await?;
+            Ok(pods.items.iter().all(|p| p.uid() != second_uid).then_some(()))
+        })
+        .await?;
+    Api::<MutatingWebhookConfiguration>::all(env.client())
+        .delete(&webhook, &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
 // ------------------------------------------------------------------ a failing modprobe
 
 /// A test puts `"true"` here on a fake node to say that `modprobe` fails on it.
 const MODPROBE_FAILS_LABEL: &str = "e2e.kmm.sigs.x-k8s.io/modprobe-fails";
+/// A test puts a Module's name here on a fake node to say that the worker pods of that Module
+/// never start there (their image cannot be pulled: KWOK keeps them Pending).
+const WORKER_STUCK_LABEL: &str = "e2e.kmm.sigs.x-k8s.io/worker-stuck";
 
 /// The harness's way of simulating a node whose `modprobe` fails (a kernel that refuses the
 /// module, say). KWOK plays the kubelet and fails a run-to-completion pod that carries
@@ -1627,14 +1973,18 @@ const MODPROBE_FAILS_LABEL: &str = "e2e.kmm.sigs.x-k8s.io/modprobe-fails";
 /// not told. So this registers, on the real API server, a mutating admission webhook served from
 /// this process on loopback, scoped to worker pods in namespace `ns`, that adds the annotation to
 /// a worker pod at creation when its node carries [`MODPROBE_FAILS_LABEL`]`=true`. Removing the
-/// label is fixing the node: later attempts succeed. Returns the webhook configuration's name.
+/// label is fixing the node: later attempts succeed. In the same way, a worker pod of Module
+/// `m` gets [`STUCK_ANNOTATION`] when its node carries [`WORKER_STUCK_LABEL`]`=m`. Returns the
+/// webhook configuration's name.
 ///
-/// Waits until the API server applies the webhook (a dry-run worker pod on `node` comes back
-/// annotated), so no worker pod slips through before it.
+/// Waits until the API server applies the webhook (a dry-run worker pod of `module` on `node`
+/// comes back annotated), so no worker pod slips through before it.
 async fn each_module_on_a_node_gets_its_own_events(env: Arc<Env>) -> Result<()> {
     let (t, ns, on) = ("t-events", "t-events", "ev-a");
     add_nodes(&env, t, &[(on, K1)]).await?;
-    let names = ["first", "second"];
+    // Several modules finish on one node at once: each status write races the cache's view of
+    // the one before, which must neither lose an entry nor say "loaded" twice.
+    let names = ["first", "second", "third", "fourth", "fifth"];
     for name in names {
         apply_module(&env, module(ns, name, t, json!({}))).await?;
     }
@@ -1657,6 +2007,18 @@ async fn each_module_on_a_node_gets_its_own_events(env: Arc<Env>) -> Result<()> 
         )
         .await?;
     }
+    let nmc = Api::<NodeModulesConfig>::all(env.client()).get(on).await?;
+    let recorded = nmc.status.map(|s| s.modules.len()).unwrap_or(0);
+    ensure!(
+        recorded == names.len(),
+        "{recorded} of {} modules in the NMC status",
+        names.len()
+    );
+    for name in names {
+        let message = format!("Module {ns}/{name} loaded into the kernel");
+        let n = times_said(&env, on, "ModuleLoaded", &message).await?;
+        ensure!(n == 1, "{message:?} said {n} times");
+    }
     for name in names {
         Api::<Module>::namespaced(env.client(), ns)
             .delete(name, &DeleteParams::default())
@@ -1670,6 +2032,11 @@ async fn each_module_on_a_node_gets_its_own_events(env: Arc<Env>) -> Result<()> 
             &format!("Module {ns}/{name} unloaded from the kernel"),
         )
         .await?;
+    }
+    for name in names {
+        let message = format!("Module {ns}/{name} unloaded from the kernel");
+        let n = times_said(&env, on, "ModuleUnloaded", &message).await?;
+        ensure!(n == 1, "{message:?} said {n} times");
     }
     Ok(())
 }
@@ -1855,7 +2222,7 @@ async fn device_plugin_problems_are_named_on_the_module(env: Arc<Env>) -> Result
     Ok(())
 }
 
-async fn simulate_failing_modprobe(env: &Env, ns: &str, node: &str) -> Result<String> {
+async fn simulate_failing_modprobe(env: &Env, ns: &str, node: &str, module: &str) -> Result<String> {
     let ca = Ca::new("e2e-failing-modprobe-ca")?;
     let pair = ca.server("e2e-failing-modprobe", &["127.0.0.1"])?;
     let certs = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
@@ -1906,7 +2273,7 @@ async fn simulate_failing_modprobe(env: &Env, ns: &str, node: &str) -> Result<St
                 "operations": ["CREATE"], "scope": "Namespaced"
             }],
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "objectSelector": {"matchLabels": {"app.kubernetes.io/name": worker_pod::APP}},
+            "objectSelector": {"matchExpressions": [{"key": worker_pod::ACTION_LABEL, "operator": "Exists"}]},
         }]
     });
     Api::<MutatingWebhookConfiguration>::all(env.client())
@@ -1919,7 +2286,7 @@ async fn simulate_failing_modprobe(env: &Env, ns: &str, node: &str) -> Result<St
     let probe: Pod = serde_json::from_value(json!({
         "metadata": {
             "name": "failing-modprobe-probe",
-            "labels": {"app.kubernetes.io/name": worker_pod::APP},
+            "labels": {worker_pod::ACTION_LABEL: "Load", MODULE_NAME_LABEL: module},
             "annotations": {"e2e.kmm.sigs.x-k8s.io/probe": "true"}
         },
         "spec": {
@@ -1940,7 +2307,11 @@ async fn simulate_failing_modprobe(env: &Env, ns: &str, node: &str) -> Result<St
                 .create(&dry_run, &probe)
                 .await
                 .ok()
-                .filter(|p| p.annotations().get(FAIL_ANNOTATION).map(String::as_str) == Some("true"))
+                .filter(|p| {
+                    [FAIL_ANNOTATION, STUCK_ANNOTATION]
+                        .iter()
+                        .any(|a| p.annotations().get(*a).map(String::as_str) == Some("true"))
+                })
                 .map(|_| ()))
         })
         .await?;
@@ -1976,21 +2347,29 @@ async fn answer_admission<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, nodes: &A
     let review: Value = serde_json::from_slice(&buf[body_at..body_at + len])?;
     let request = &review["request"];
     let pod = &request["object"];
-    let fails = match pod["spec"]["nodeName"].as_str() {
-        Some(n) => nodes
-            .get_opt(n)
-            .await?
-            .is_some_and(|n| labels_of(&n).get(MODPROBE_FAILS_LABEL).map(String::as_str) == Some("true")),
-        None => false,
+    let node_labels = match pod["spec"]["nodeName"].as_str() {
+        Some(n) => nodes.get_opt(n).await?.map(|n| labels_of(&n)).unwrap_or_default(),
+        None => BTreeMap::new(),
     };
+    let module = pod["metadata"]["labels"][MODULE_NAME_LABEL].as_str();
+    let mut add = Vec::new();
+    if node_labels.get(MODPROBE_FAILS_LABEL).map(String::as_str) == Some("true") {
+        add.push(FAIL_ANNOTATION);
+    }
+    if module.is_some() && node_labels.get(WORKER_STUCK_LABEL).map(String::as_str) == module {
+        add.push(STUCK_ANNOTATION);
+    }
     let mut response = json!({"uid": request["uid"], "allowed": true});
-    if fails {
-        let patch = if pod["metadata"]["annotations"].is_object() {
-            let key = FAIL_ANNOTATION.replace('~', "~0").replace('/', "~1");
-            json!([{"op": "add", "path": format!("/metadata/annotations/{key}"), "value": "true"}])
-        } else {
-            json!([{"op": "add", "path": "/metadata/annotations", "value": {FAIL_ANNOTATION: "true"}}])
-        };
+    if !add.is_empty() {
+        let mut patch = Vec::new();
+        if !pod["metadata"]["annotations"].is_object() {
+            patch.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
+        }
+        for a in add {
+            let key = a.replace('~', "~0").replace('/', "~1");
+            patch.push(json!({"op": "add", "path": format!("/metadata/annotations/{key}"), "value": "true"}));
+        }
+        let patch = Value::Array(patch);
         response["patchType"] = json!("JSONPatch");
         response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch.to_string()));
     }

@@ -23,11 +23,14 @@ use e2e::bins::Bins;
 use e2e::certs::{self, Ca};
 use e2e::proc::{Spawn, Supervisor};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use libtest_mimic::{Arguments, Failed, Trial};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
+use shared_api::labels::CONTAINS_MODULES_LABEL;
 use shared_api::module::Module;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -70,6 +73,19 @@ fn webhook(name: &str, port: u16, path: &str, ca: &Ca, rules: Value) -> Value {
         "clientConfig": {"url": format!("https://127.0.0.1:{port}{path}"), "caBundle": b64(&ca.cert_pem)},
         "rules": rules
     })
+}
+
+/// The `namespaceSelector` of the namespace-deletion webhook in the shipped manifests.
+fn manifest_namespace_selector() -> Result<Value> {
+    let text = std::fs::read_to_string(e2e::testkit::manifests("spoke/base/webhook.yaml"))?;
+    let docs = e2e::testkit::yaml_docs(&text)?;
+    docs.iter()
+        .filter(|d| d["kind"] == "ValidatingWebhookConfiguration")
+        .flat_map(|d| d["webhooks"].as_array().cloned().unwrap_or_default())
+        .find(|w| w["clientConfig"]["service"]["path"] == kmm_runtime::admission::NAMESPACE_PATH)
+        .map(|w| w["namespaceSelector"].clone())
+        .filter(|s| !s.is_null())
+        .context("no namespace webhook with a namespaceSelector in manifests/spoke/base/webhook.yaml")
 }
 
 fn rule(group: &str, version: &str, resource: &str, ops: &[&str], scope: &str) -> Value {
@@ -143,6 +159,14 @@ async fn start() -> Result<Env> {
     kmm_runtime::webhook::serve(&hub_cfg, kmm_runtime::admission::hub_routes(), hub_webhook.clone()).await?;
 
     use kmm_runtime::admission::{MCM_PATH, MODULE_PATH, NAMESPACE_PATH, PREFLIGHT_PATH};
+    let mut namespace_webhook = webhook(
+        "namespace-deletion.kmm.sigs.x-k8s.io",
+        webhook_port,
+        NAMESPACE_PATH,
+        &ca,
+        rule("", "v1", "namespaces", &["DELETE"], "Cluster"),
+    );
+    namespace_webhook["namespaceSelector"] = manifest_namespace_selector()?;
     let config = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -152,8 +176,7 @@ async fn start() -> Result<Env> {
                 rule("kmm.sigs.x-k8s.io", "v1beta1", "modules", &["CREATE", "UPDATE"], "Namespaced")),
             webhook("vpreflightvalidation.kmm.sigs.x-k8s.io", webhook_port, PREFLIGHT_PATH, &ca,
                 rule("kmm.sigs.x-k8s.io", "v1beta2", "preflightvalidations", &["CREATE", "UPDATE"], "Cluster")),
-            webhook("namespace-deletion.kmm.sigs.x-k8s.io", webhook_port, NAMESPACE_PATH, &ca,
-                rule("", "v1", "namespaces", &["DELETE"], "Cluster")),
+            namespace_webhook,
             webhook("vmanagedclustermodule.hub.kmm.sigs.x-k8s.io", hub_port, MCM_PATH, &ca,
                 rule("hub.kmm.sigs.x-k8s.io", "v1beta1", "managedclustermodules", &["CREATE", "UPDATE"], "Cluster")),
         ]
@@ -279,6 +302,7 @@ fn main() -> ExitCode {
         bad_module_is_rejected_naming_the_fields,
         good_module_is_accepted_and_bad_updates_rejected,
         namespace_holding_modules_cannot_be_deleted,
+        a_spoke_that_is_down_blocks_no_namespace_without_modules,
         bad_preflight_validation_is_rejected,
         mcm_webhook_rejects_bad_specs_and_spoke_namespace_changes,
         rotated_certificate_is_presented,
@@ -385,6 +409,8 @@ async fn namespace_holding_modules_cannot_be_deleted(env: Arc<Env>) -> Result<()
         let out = env.apply(&module(ns, name, "r/m:1")).await?;
         ensure!(out.ok, "{out}");
     }
+    // The spoke labels the namespace as upstream KMM does; the webhook selects on that label.
+    wait_namespace_label(&env, ns, true).await?;
     let out = env.kubectl(&["delete", "namespace", ns, "--wait=false"], None).await?;
     ensure!(out.denied_by("namespace-deletion.kmm.sigs.x-k8s.io"), "{out}");
     ensure!(
@@ -413,7 +439,90 @@ async fn namespace_holding_modules_cannot_be_deleted(env: Arc<Env>) -> Result<()
             }
         })
         .await?;
+    // The last Module gone, the label goes too.
+    wait_namespace_label(&env, ns, false).await?;
     let out = env.kubectl(&["delete", "namespace", ns, "--wait=false"], None).await?;
+    ensure!(out.ok, "{out}");
+    Ok(())
+}
+
+/// Waits until namespace `ns` carries (`true`) or lacks the contains-modules label.
+async fn wait_namespace_label(env: &Env, ns: &str, present: bool) -> Result<()> {
+    let api: Api<Namespace> = Api::all(env.cluster.client.clone());
+    let what = format!(
+        "{ns} {} {CONTAINS_MODULES_LABEL}",
+        if present { "labelled" } else { "not labelled" }
+    );
+    env.cluster
+        .wait(&what, TIMEOUT, || {
+            let api = api.clone();
+            async move {
+                let ns = api.get(ns).await?;
+                Ok((ns.labels().contains_key(CONTAINS_MODULES_LABEL) == present).then_some(()))
+            }
+        })
+        .await
+}
+
+/// The manifest's namespace webhook, served by a spoke that is down (nothing listens on its
+/// port): a namespace that holds Modules is kept, as it must be, and every other namespace is
+/// deleted as if no KMM were installed.
+async fn a_spoke_that_is_down_blocks_no_namespace_without_modules(env: Arc<Env>) -> Result<()> {
+    let (with, without) = ("t-down-with", "t-down-without");
+    for ns in [with, without] {
+        env.cluster.ensure_namespace(ns).await?;
+    }
+    let out = env.apply(&module(with, "m", "r/m:1")).await?;
+    ensure!(out.ok, "{out}");
+    wait_namespace_label(&env, with, true).await?;
+
+    let dead = e2e::net::free_port()?;
+    let mut hook = webhook(
+        "down.namespace-deletion.kmm.sigs.x-k8s.io",
+        dead,
+        kmm_runtime::admission::NAMESPACE_PATH,
+        &env.ca,
+        rule("", "v1", "namespaces", &["DELETE"], "Cluster"),
+    );
+    // The manifest's selector, narrowed to this test's namespaces so the other trials never
+    // meet the dead backend.
+    let mut selector = manifest_namespace_selector()?;
+    selector["matchExpressions"] =
+        json!([{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [with, without]}]);
+    hook["namespaceSelector"] = selector;
+    hook["timeoutSeconds"] = json!(2);
+    let name = "kmm-e2e-spoke-down";
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [hook]
+    });
+    let hooks: Api<ValidatingWebhookConfiguration> = Api::all(env.cluster.client.clone());
+    hooks
+        .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(config))
+        .await?;
+    // In effect once deleting the labelled namespace fails for the dead backend.
+    env.cluster
+        .wait("the down webhook is in effect", TIMEOUT, || async {
+            let out = env
+                .kubectl(&["delete", "namespace", with, "--wait=false", "--dry-run=server"], None)
+                .await?;
+            let failed = "failed calling webhook \"down.namespace-deletion.kmm.sigs.x-k8s.io\"";
+            Ok((!out.ok && out.stderr.contains(failed)).then_some(()))
+        })
+        .await?;
+    let out = env
+        .kubectl(&["delete", "namespace", without, "--wait=false"], None)
+        .await?;
+    ensure!(
+        out.ok,
+        "a namespace without Modules was held by a spoke that is down: {out}"
+    );
+    hooks.delete(name, &Default::default()).await?;
+    let out = env
+        .kubectl(&["delete", "modules", "--all", "-n", with, "--wait=true"], None)
+        .await?;
     ensure!(out.ok, "{out}");
     Ok(())
 }

@@ -57,6 +57,8 @@ pub enum Error {
 pub struct Context {
     /// API client.
     pub client: Client,
+    /// Whether this replica may act (its leader term has not ended).
+    pub leadership: kmm_runtime::leader::Leadership,
     /// ManagedClusters.
     pub clusters: Store<ManagedCluster>,
     /// Our ManifestWorks (labelled with the MCM name).
@@ -83,6 +85,11 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 
 /// Reconciles one ManagedClusterModule.
 pub async fn reconcile(mcm: Arc<ManagedClusterModule>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leadership.is_valid() {
+        // The leader term ended (a stall, a lost lease): another replica may act by now.
+        tracing::warn!("ManagedClusterModule: not reconciled, this replica's leader term has ended");
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let r = reconcile_inner(&mcm, &ctx).await;
     ctx.metrics.observe_reconcile(started.elapsed(), r.is_err());

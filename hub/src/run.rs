@@ -14,7 +14,7 @@ use kmm_hub::pipeline::{Pipeline, Settings};
 use kmm_hub::plan::build_pod;
 use kmm_runtime::config::Config;
 use kmm_runtime::events::{Recorder, Reporter};
-use kmm_runtime::leader::{self, LeaseConfig};
+use kmm_runtime::leader::{self, Leadership, LeaseConfig};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
@@ -62,17 +62,22 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
 
     ready.store(true, Ordering::SeqCst);
 
+    // Without leader election this replica always acts; with it, only within a renewed term.
+    let leadership = match &opts.lease {
+        Some(_) => Leadership::pending(),
+        None => Leadership::always(),
+    };
     if let Some(lease) = &opts.lease {
         let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
         tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting for the leader lease");
         tokio::select! {
-            r = leader::acquire(&api, lease) => r?,
+            r = leader::acquire(&api, lease, &leadership) => r?,
             _ = shutdown.cancelled() => return Ok(()),
         }
         tracing::info!(lease = %lease.name, "acquired the leader lease");
-        let (api, lease, token) = (api.clone(), lease.clone(), shutdown.clone());
+        let (api, lease, token, term) = (api.clone(), lease.clone(), shutdown.clone(), leadership.clone());
         tokio::spawn(async move {
-            let err = leader::hold(&api, &lease).await;
+            let err = leader::hold(&api, &lease, &term).await;
             tracing::error!(error = %err, "stopping");
             token.cancel();
         });
@@ -170,6 +175,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
+        leadership: leadership.clone(),
         clusters: clusters.clone(),
         works: works.clone(),
         pipeline: pipeline.clone(),

@@ -24,6 +24,7 @@
 //!   seLinuxType: spc_t
 //!   setFirmwareClassPath: /var/lib/firmware
 //!   firmwareHostPath: /var/lib/firmware
+//!   pendingTimeout: 10m   # ours: a worker pod Pending longer counts as a failed attempt
 //! ```
 //!
 //! Missing keys take their defaults. Anything else that is not right (an unknown key, a wrong
@@ -162,6 +163,10 @@ pub struct Worker {
     pub set_firmware_class_path: Option<String>,
     /// Node directory the worker copies firmware into.
     pub firmware_host_path: String,
+    /// Ours: how long a worker pod may stay Pending (unschedulable, its image or a volume
+    /// missing) before it counts as a failed attempt, is reported and retried.
+    #[serde(deserialize_with = "de_duration")]
+    pub pending_timeout: Duration,
 }
 
 impl Default for Config {
@@ -224,6 +229,7 @@ impl Default for Worker {
             se_linux_type: "spc_t".into(),
             set_firmware_class_path: None,
             firmware_host_path: "/var/lib/firmware".into(),
+            pending_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -336,6 +342,12 @@ impl Config {
         absolute("worker.firmwareHostPath", &self.worker.firmware_host_path)?;
         if let Some(p) = &self.worker.set_firmware_class_path {
             absolute("worker.setFirmwareClassPath", p)?;
+        }
+        if self.worker.pending_timeout.is_zero() {
+            return Err((
+                "worker.pendingTimeout",
+                "must be more than 0s; a worker pod needs time to pull its image".into(),
+            ));
         }
         if self.worker.se_linux_type.is_empty() {
             return Err(("worker.seLinuxType", "must not be empty".into()));

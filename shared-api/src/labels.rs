@@ -13,6 +13,9 @@ pub const NODE_LABEL_PREFIX: &str = "kmm.node.kubernetes.io";
 pub const BETA_NODE_LABEL_PREFIX: &str = "beta.kmm.node.kubernetes.io";
 /// Label on hub ManifestWorks naming their ManagedClusterModule.
 pub const MCM_NAME_LABEL: &str = "kmm.node.kubernetes.io/managedclustermodule.name";
+/// Label on namespaces that hold Modules (as upstream KMM sets it): the namespace-deletion
+/// webhook selects on it.
+pub const CONTAINS_MODULES_LABEL: &str = "kmm.node.k8s.io/contains-modules";
 /// Maximum length of the name part of a qualified name, and of a label value.
 pub const MAX_NAME_LEN: usize = 63;
 /// Maximum length of a qualified name's prefix.

@@ -66,8 +66,9 @@ pub struct ModuleConfig {
     pub kernel_version: String,
     /// kmod image, with variables already substituted.
     pub container_image: String,
-    /// Pull policy of the kmod image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Pull policy of the kmod image. Upstream KMM writes `""` for a Module without one; that
+    /// reads as unset.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "empty_is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// Pull over plain HTTP.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -81,6 +82,27 @@ pub struct ModuleConfig {
     /// modprobe settings.
     #[schemars(schema_with = "modprobe_without_rules")]
     pub modprobe: ModprobeSpec,
+}
+
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ImagePullPolicy>, D::Error> {
+    match Option::<String>::deserialize(d)?.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => ImagePullPolicy::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(v)).map(Some),
+    }
+}
+
+impl ModuleConfig {
+    /// Whether loading `other` puts the same module into the kernel as loading `self`: equal
+    /// but for how the image is fetched (pull policy, plain HTTP, TLS verification). So a
+    /// NodeModulesConfig written by upstream KMM (its CRD defaults the pull policy to
+    /// `IfNotPresent`, it folds skipping TLS verification into `insecurePull`), or a changed
+    /// pull policy alone, never reloads a running driver.
+    pub fn same_load(&self, other: &ModuleConfig) -> bool {
+        self.kernel_version == other.kernel_version
+            && self.container_image == other.container_image
+            && self.in_tree_modules_to_remove == other.in_tree_modules_to_remove
+            && self.modprobe == other.modprobe
+    }
 }
 
 /// The ModprobeSpec schema without its CEL rules: entries here are written by the controller from
@@ -132,4 +154,38 @@ pub struct NodeModuleStatus {
     /// The node's boot ID when the module was loaded; a different one means a reboot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+}
+
+#[cfg(test)]
+mod same_load_tests {
+    use super::*;
+
+    #[test]
+    fn upstream_entries_read_back_and_load_the_same() {
+        // As upstream KMM writes a status entry for a Module without a pull policy.
+        let upstream: NodeModuleStatus = serde_json::from_value(serde_json::json!({
+            "name": "m", "namespace": "ns", "serviceAccountName": "",
+            "config": {
+                "kernelVersion": "6.1.0-28-amd64",
+                "containerImage": "r/m@sha256:00",
+                "imagePullPolicy": "",
+                "insecurePull": true,
+                "modprobe": {"moduleName": "m", "dirName": "/opt"}
+            },
+            "bootId": "b1"
+        }))
+        .unwrap();
+        assert_eq!(upstream.config.image_pull_policy, None);
+        let mut ours = upstream.config.clone();
+        ours.insecure_pull = false;
+        ours.insecure_skip_tls_verify = true;
+        ours.image_pull_policy = Some(ImagePullPolicy::IfNotPresent);
+        assert!(ours.same_load(&upstream.config));
+        ours.container_image = "r/m@sha256:01".into();
+        assert!(!ours.same_load(&upstream.config));
+        let bad = serde_json::from_value::<ModuleConfig>(serde_json::json!({
+            "kernelVersion": "k", "containerImage": "i", "imagePullPolicy": "Sometimes", "modprobe": {"moduleName": "m"}
+        }));
+        assert!(bad.is_err(), "an unknown pull policy is still refused");
+    }
 }

@@ -100,6 +100,10 @@ struct RunArgs {
     /// (worker.setFirmwareClassPath).
     #[arg(long, conflicts_with = "config")]
     set_firmware_class_path: Option<String>,
+    /// Without --config: how long a worker pod may stay Pending before it counts as a failed
+    /// attempt (worker.pendingTimeout), as a Go duration (`10m`, `90s`).
+    #[arg(long, conflicts_with = "config", value_parser = parse_timeout)]
+    worker_pending_timeout: Option<std::time::Duration>,
     /// Without --config: address of /healthz and /readyz (healthProbeBindAddress).
     #[arg(long, conflicts_with = "config")]
     health_probe_bind_address: Option<SocketAddr>,
@@ -116,6 +120,14 @@ struct RunArgs {
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
+}
+
+/// A Go duration above zero.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match kmm_runtime::config::parse_go_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0s".into()),
+        d => Ok(d),
+    }
 }
 
 impl RunArgs {
@@ -136,6 +148,9 @@ impl RunArgs {
         }
         if let Some(v) = &self.set_firmware_class_path {
             c.worker.set_firmware_class_path = Some(v.clone());
+        }
+        if let Some(v) = self.worker_pending_timeout {
+            c.worker.pending_timeout = v;
         }
         if let Some(v) = self.health_probe_bind_address {
             c.health_probe_bind_address = v;
@@ -204,6 +219,7 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<()> {
             selinux_type: config.worker.se_linux_type.clone(),
             firmware_host_path: config.worker.firmware_host_path.clone(),
             set_firmware_class_path: config.worker.set_firmware_class_path.clone(),
+            pending_timeout: config.worker.pending_timeout,
         },
         worker_service_account: args.worker_service_account,
         device_plugin_service_account: args.device_plugin_service_account,

@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kmm_runtime::config::Config;
 use kmm_runtime::events::{Recorder, Reporter};
-use kmm_runtime::leader::{self, LeaseConfig};
+use kmm_runtime::leader::{self, Leadership, LeaseConfig};
 use kmm_spoke::controller::{Context, Error, claim, module, node};
 use kmm_spoke::metrics::Metrics;
 use kmm_spoke::plan::device_plugin;
@@ -91,17 +91,22 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
 
     ready.store(true, Ordering::SeqCst);
 
+    // Without leader election this replica always acts; with it, only within a renewed term.
+    let leadership = match &opts.lease {
+        Some(_) => Leadership::pending(),
+        None => Leadership::always(),
+    };
     if let Some(lease) = &opts.lease {
         let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
         tracing::info!(lease = %lease.name, identity = %lease.identity, "waiting for the leader lease");
         tokio::select! {
-            r = leader::acquire(&api, lease) => r?,
+            r = leader::acquire(&api, lease, &leadership) => r?,
             _ = shutdown.cancelled() => return Ok(()),
         }
         tracing::info!(lease = %lease.name, "acquired the leader lease");
-        let (api, lease, token) = (api.clone(), lease.clone(), shutdown.clone());
+        let (api, lease, token, term) = (api.clone(), lease.clone(), shutdown.clone(), leadership.clone());
         tokio::spawn(async move {
-            let err = leader::hold(&api, &lease).await;
+            let err = leader::hold(&api, &lease, &term).await;
             tracing::error!(error = %err, "stopping");
             token.cancel();
         });
@@ -112,7 +117,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     // that triggered it. (kube-runtime's shared streams are avoided: a subscriber stalls for good
     // when the object it was told about is deleted before it reads it.) Triggers go through
     // unbounded channels so a busy controller never holds a watch back.
-    let worker_selector = format!("app.kubernetes.io/name={}", worker_pod::APP);
+    let worker_selector = worker_pod::SELECTOR.to_owned();
     let plugin_selector = format!("app.kubernetes.io/name={}", device_plugin::APP);
     let (nodes, nodes_w) = reflector::store::<Node>();
     let (nmcs, nmcs_w) = reflector::store::<NodeModulesConfig>();
@@ -217,6 +222,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
+        leadership: leadership.clone(),
         spoke: SpokeContext {
             operator_namespace: opts.namespace.clone(),
             worker_service_account: opts.worker_service_account.clone(),
@@ -225,6 +231,8 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         device_plugin_service_account: Some(opts.device_plugin_service_account.clone()),
         nodes: nodes.clone(),
         nmcs: nmcs.clone(),
+        modules: modules.clone(),
+        labelled_namespaces: Default::default(),
         worker_pods: worker_pods.clone(),
         plugin_pods: plugin_pods.clone(),
         plugin_daemonsets: plugin_daemonsets.clone(),
@@ -293,6 +301,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         client.clone(),
         nodes.clone(),
         synced.clone(),
+        leadership.clone(),
         shutdown.clone(),
     );
     let modules_gauge = {
@@ -332,6 +341,7 @@ async fn publish_claims(
     client: Client,
     nodes: Store<Node>,
     synced: tokio::sync::watch::Receiver<bool>,
+    leadership: Leadership,
     shutdown: CancellationToken,
 ) {
     if !managed {
@@ -357,7 +367,8 @@ async fn publish_claims(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        if !*synced.borrow() {
+        // Only the leader writes, and only within its term.
+        if !*synced.borrow() || !leadership.is_valid() {
             continue;
         }
         let value = claim::claim_value(&nodes);

@@ -3,6 +3,7 @@
 
 pub mod claim;
 pub mod module;
+pub mod namespace;
 pub mod node;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kmm_runtime::events::Recorder;
 use kube::Client;
 use kube::runtime::reflector::Store;
+use shared_api::module::Module;
 use shared_api::nmc::NodeModulesConfig;
 
 use crate::metrics::Metrics;
@@ -30,6 +32,8 @@ pub const RESYNC: Duration = Duration::from_secs(600);
 pub struct Context {
     /// API client.
     pub client: Client,
+    /// Whether this replica may act (its leader term has not ended).
+    pub leadership: kmm_runtime::leader::Leadership,
     /// Installation facts for planning.
     pub spoke: SpokeContext,
     /// Worker pod settings.
@@ -40,7 +44,11 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// All NodeModulesConfigs.
     pub nmcs: Store<NodeModulesConfig>,
-    /// Worker pods (label `app.kubernetes.io/name=kmm-worker`).
+    /// All Modules.
+    pub modules: Store<Module>,
+    /// Namespaces labelled as holding Modules by this process.
+    pub labelled_namespaces: namespace::Labelled,
+    /// Worker pods (those with the label `kmm.node.kubernetes.io/worker-action`).
     pub worker_pods: Store<Pod>,
     /// Device plugin pods (label `app.kubernetes.io/name=kmm-device-plugin`).
     pub plugin_pods: Store<Pod>,

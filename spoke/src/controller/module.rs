@@ -41,7 +41,8 @@ fn nmc_entry<'a>(nmc: &'a NodeModulesConfig, key: &ModuleKey) -> Option<&'a Node
         .find(|m| m.namespace == key.namespace && m.name == key.name)
 }
 
-fn nmc_has_status(nmc: &NodeModulesConfig, key: &ModuleKey) -> bool {
+/// Whether the node's NodeModulesConfig records the Module as loaded.
+pub(super) fn nmc_has_status(nmc: &NodeModulesConfig, key: &ModuleKey) -> bool {
     nmc.status.as_ref().is_some_and(|s| {
         s.modules
             .iter()
@@ -190,6 +191,11 @@ fn module_key(module: &Module) -> Result<ModuleKey, Error> {
 
 /// Reconciles one Module.
 pub async fn reconcile(module: Arc<Module>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leadership.is_valid() {
+        // The leader term ended (a stall, a lost lease): another replica may act by now.
+        tracing::warn!("Module: not reconciled, this replica's leader term has ended");
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let result = reconcile_inner(&module, &ctx).await;
     ctx.metrics
@@ -236,6 +242,7 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
         if module.finalizers().iter().any(|f| f == FINALIZER) {
+            super::namespace::unmark_if_last(ctx, &key.namespace, &key.name).await?;
             let remaining: Vec<&String> = module.finalizers().iter().filter(|f| *f != FINALIZER).collect();
             let patch =
                 json!({ "metadata": { "finalizers": remaining, "resourceVersion": module.resource_version() } });
@@ -263,6 +270,7 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
         // The update triggers another reconcile with the finalizer in place.
         return Ok(Action::await_change());
     }
+    super::namespace::mark(ctx, &key.namespace).await?;
 
     let nodes: Vec<_> = ctx
         .nodes

@@ -48,6 +48,11 @@ fn pod_ready(p: &Pod) -> bool {
 
 /// Reconciles the NodeModulesConfig of one node.
 pub async fn reconcile(nmc: Arc<NodeModulesConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leadership.is_valid() {
+        // The leader term ended (a stall, a lost lease): another replica may act by now.
+        tracing::warn!("NodeModulesConfig: not reconciled, this replica's leader term has ended");
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let result = reconcile_inner(&nmc, &ctx).await;
     ctx.metrics
@@ -68,6 +73,12 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
     let pods: Vec<_> = on_node(&worker_pods, &name)
         .filter_map(|p| worker_pod::read_back(p))
         .collect();
+    // Worker pods upstream KMM left behind, when taking a cluster over from it.
+    for pod in on_node(&worker_pods, &name) {
+        if let Some(leftover) = worker_pod::upstream_leftover(pod) {
+            clean_upstream_pod(ctx, pod, leftover).await?;
+        }
+    }
     let plugin_pods = ctx.plugin_pods.state();
     let plugins: Vec<&Arc<Pod>> = on_node(&plugin_pods, &name).collect();
     let running: BTreeSet<ModuleKey> = plugins
@@ -83,11 +94,16 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
         pods: &pods,
         device_plugin_running: &running,
         now: Timestamp::now(),
+        pending_timeout: ctx.worker.pending_timeout,
     });
     steps.extend(plugin_ready_labels(&view, &plugins));
     tracing::debug!(node = %name, spec = nmc.spec.modules.len(), pods = pods.len(), ?steps, "node plan");
 
     let mut status = status;
+    // Status writes carry the resourceVersion they were computed from: a cache that lags behind
+    // an earlier write of ours (or anyone's) makes the write fail instead of dropping an entry,
+    // and the steps after it (the ModuleLoaded event) wait for a pass over fresh state.
+    let mut version = nmc.resource_version();
     let mut requeue = RESYNC;
     for step in steps {
         match step {
@@ -165,11 +181,15 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
             Step::RecordLoaded(s) => {
                 status.retain(|m| !(m.namespace == s.namespace && m.name == s.name));
                 status.push(s);
-                write_status(ctx, &name, &status).await?;
+                if !write_status(ctx, &name, &mut version, &status).await? {
+                    return Ok(Action::requeue(STALE_RETRY));
+                }
             }
             Step::ForgetStatus(key) => {
                 status.retain(|m| !(m.namespace == key.namespace && m.name == key.name));
-                write_status(ctx, &name, &status).await?;
+                if !write_status(ctx, &name, &mut version, &status).await? {
+                    return Ok(Action::requeue(STALE_RETRY));
+                }
             }
             Step::Event { type_, reason, message } => {
                 let type_ = match type_ {
@@ -191,6 +211,44 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
         }
     }
     Ok(Action::requeue(requeue))
+}
+
+/// Drops upstream KMM's finalizer from one of its worker pods and deletes the pod once it has
+/// finished.
+async fn clean_upstream_pod(ctx: &Context, pod: &Pod, leftover: worker_pod::Leftover) -> Result<(), Error> {
+    let (ns, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    if leftover.remove_finalizer {
+        let rest: Vec<&String> = pod
+            .finalizers()
+            .iter()
+            .filter(|f| *f != worker_pod::UPSTREAM_FINALIZER)
+            .collect();
+        let patch = json!({ "metadata": { "finalizers": rest, "resourceVersion": pod.resource_version() } });
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => {
+                ctx.metrics.api_writes.inc();
+            }
+            // Gone, or changed since: the next pass sees it as it is.
+            Err(e) if is_not_found(&e) || is_conflict(&e) => return Ok(()),
+            Err(e) => {
+                return Err(kube_err(format!(
+                    "removing upstream's finalizer from worker pod {ns}/{name}"
+                ))(e));
+            }
+        }
+        tracing::info!(pod = %format!("{ns}/{name}"), "took over upstream KMM's worker pod: finalizer removed");
+    }
+    if leftover.delete {
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {
+                ctx.metrics.api_writes.inc();
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(kube_err(format!("deleting upstream's worker pod {ns}/{name}"))(e)),
+        }
+    }
+    Ok(())
 }
 
 /// `<ns>.<name>.device-plugin-ready` on the node follows the readiness of the module's plugin pod.
@@ -232,12 +290,49 @@ async fn patch_labels(ctx: &Context, node: &str, changes: BTreeMap<String, Optio
     Ok(())
 }
 
-async fn write_status(ctx: &Context, name: &str, modules: &[NodeModuleStatus]) -> Result<(), Error> {
+/// How soon to look again when the NodeModulesConfig changed under a status write.
+const STALE_RETRY: Duration = Duration::from_millis(500);
+
+/// Writes the whole status list if the object is still at `version`, and moves `version` on.
+/// `false` when it changed since (409): nothing was written, the caller looks again soon.
+async fn write_status(
+    ctx: &Context,
+    name: &str,
+    version: &mut Option<String>,
+    modules: &[NodeModuleStatus],
+) -> Result<bool, Error> {
     let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
-    let patch = json!({ "status": { "modules": modules } });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+    match write_status_at(&api, name, version.as_deref(), modules).await {
+        Ok(Some(v)) => {
+            ctx.metrics.api_writes.inc();
+            *version = Some(v);
+            Ok(true)
+        }
+        Ok(None) => {
+            tracing::debug!(node = %name, "NodeModulesConfig changed since it was read; looking again");
+            Ok(false)
+        }
+        Err(e) => Err(kube_err(format!("updating the status of NodeModulesConfig {name}"))(e)),
+    }
+}
+
+/// Replaces `status.modules` of NodeModulesConfig `name` with `modules` if the object is still
+/// at resourceVersion `version`. Returns the new resourceVersion, or `None` when the object
+/// changed since (nothing is written then): a writer working from a stale view never drops an
+/// entry someone else (or an earlier pass) recorded.
+pub async fn write_status_at(
+    api: &Api<NodeModulesConfig>,
+    name: &str,
+    version: Option<&str>,
+    modules: &[NodeModuleStatus],
+) -> Result<Option<String>, kube::Error> {
+    let patch = json!({ "metadata": { "resourceVersion": version }, "status": { "modules": modules } });
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
-        .map_err(kube_err(format!("updating the status of NodeModulesConfig {name}")))?;
-    ctx.metrics.api_writes.inc();
-    Ok(())
+    {
+        Ok(written) => Ok(Some(written.resource_version().unwrap_or_default())),
+        Err(e) if is_conflict(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
 }

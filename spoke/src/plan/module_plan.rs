@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use shared_api::labels;
 use shared_api::mapping::{MappingError, Mappings};
-use shared_api::module::{DaemonSetStatus, Module};
+use shared_api::module::{DaemonSetStatus, ImagePullPolicy, Module};
 use shared_api::nmc::{ModuleConfig, NodeModuleSpec, NodeModuleStatus};
 use shared_api::validation::{self, ValidationErrors};
 
@@ -156,7 +156,9 @@ pub fn plan_module(
                 config: ModuleConfig {
                     kernel_version: resolved.kernel,
                     container_image: resolved.container_image,
-                    image_pull_policy: c.image_pull_policy,
+                    // Written out as upstream's NodeModulesConfig CRD defaults it, so an entry
+                    // upstream KMM wrote is taken over field for field.
+                    image_pull_policy: Some(c.image_pull_policy.unwrap_or(ImagePullPolicy::IfNotPresent)),
                     insecure_pull: resolved.registry_tls.insecure,
                     insecure_skip_tls_verify: resolved.registry_tls.insecure_skip_tls_verify,
                     in_tree_modules_to_remove: resolved.in_tree_modules_to_remove,
@@ -196,7 +198,9 @@ pub fn loader_status<'a>(plan: &ModulePlan, loaded: impl Fn(&str) -> Option<&'a 
     let available = plan
         .entries
         .iter()
-        .filter(|(node, want)| loaded(node).is_some_and(|s| s.config == want.config && s.version == want.version))
+        .filter(|(node, want)| {
+            loaded(node).is_some_and(|s| s.config.same_load(&want.config) && s.version == want.version)
+        })
         .count();
     DaemonSetStatus {
         nodes_matching_selector_number: plan.nodes_matching_selector,

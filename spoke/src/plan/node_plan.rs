@@ -31,11 +31,19 @@ pub enum Action {
 }
 
 impl Action {
-    /// Lowercase name, used in pod names and labels.
+    /// Lowercase name, used in pod names.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Load => "load",
             Self::Unload => "unload",
+        }
+    }
+
+    /// Value of the worker-action label, as upstream KMM writes it.
+    pub fn label_value(self) -> &'static str {
+        match self {
+            Self::Load => "Load",
+            Self::Unload => "Unload",
         }
     }
 }
@@ -43,7 +51,14 @@ impl Action {
 /// Phase of a worker pod, as far as planning cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodPhase {
-    /// Not finished yet.
+    /// Created but not started: waiting to be scheduled, for an image, or for a volume.
+    Pending {
+        /// When the pod was created.
+        since: Option<Timestamp>,
+        /// What holds it back, as the kubelet or the scheduler says (`ImagePullBackOff: ...`).
+        reason: String,
+    },
+    /// Started, not finished yet.
     InFlight,
     /// Exited 0.
     Succeeded,
@@ -54,6 +69,13 @@ pub enum PodPhase {
         /// When it finished.
         finished_at: Option<Timestamp>,
     },
+}
+
+impl PodPhase {
+    /// Pending or running: the pod may still load or unload.
+    pub fn in_flight(&self) -> bool {
+        matches!(self, Self::Pending { .. } | Self::InFlight)
+    }
 }
 
 /// A worker pod of this node, as read back from the cluster.
@@ -97,6 +119,8 @@ pub struct NodeState<'a> {
     pub device_plugin_running: &'a BTreeSet<ModuleKey>,
     /// Current time.
     pub now: Timestamp,
+    /// How long a worker pod may stay Pending before it counts as a failed attempt.
+    pub pending_timeout: Duration,
 }
 
 /// Event severity.
@@ -184,7 +208,7 @@ fn key_of_status(s: &NodeModuleStatus) -> ModuleKey {
 }
 
 fn same_load(spec: &NodeModuleSpec, status: &NodeModuleStatus) -> bool {
-    spec.config == status.config && spec.version == status.version
+    spec.config.same_load(&status.config) && spec.version == status.version
 }
 
 fn status_from(entry: &NodeModuleSpec, boot_id: &str, now: Timestamp) -> NodeModuleStatus {
@@ -210,6 +234,44 @@ fn spec_from_status(s: &NodeModuleStatus) -> NodeModuleSpec {
         tolerations: s.tolerations.clone(),
         version: s.version.clone(),
         config: s.config.clone(),
+    }
+}
+
+/// `pod`, or, when it has been Pending for `timeout` or longer, the same pod as a failed attempt
+/// that finished at the timeout, with what held it back as its message.
+fn timed_out(pod: &WorkerPodView, now: Timestamp, timeout: Duration) -> WorkerPodView {
+    let PodPhase::Pending {
+        since: Some(since),
+        reason,
+    } = &pod.phase
+    else {
+        return pod.clone();
+    };
+    let age = now.duration_since(*since).unsigned_abs();
+    if age < timeout {
+        return pod.clone();
+    }
+    let finished_at = k8s_openapi::jiff::SignedDuration::try_from(timeout)
+        .ok()
+        .and_then(|d| since.checked_add(d).ok());
+    WorkerPodView {
+        phase: PodPhase::Failed {
+            message: format!("still Pending after {}: {reason}", human(timeout)),
+            finished_at,
+        },
+        ..pod.clone()
+    }
+}
+
+/// `90s`, `10m`, `1h30m`: a timeout as people write it.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, 0) => format!("{h}h{m}m"),
+        _ => format!("{s}s"),
     }
 }
 
@@ -244,12 +306,26 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
         // The pod that counts is the one in flight, else the latest attempt; the others go.
         // A pod is deleted only once what replaces it (a retry, or the status it recorded) is
         // in the caches, so a view that lags behind never lacks both and starts attempt 0 again.
-        let mut pods: Vec<&WorkerPodView> = state.pods.iter().filter(|p| &p.key() == key).collect();
-        pods.sort_by_key(|p| (p.phase != PodPhase::InFlight, std::cmp::Reverse(p.attempt)));
+        // A pod Pending for longer than the timeout counts as a failed attempt: it is reported,
+        // retried with backoff, and goes once its retry shows up.
+        let mut pods: Vec<WorkerPodView> = state
+            .pods
+            .iter()
+            .filter(|p| &p.key() == key)
+            .map(|p| timed_out(p, state.now, state.pending_timeout))
+            .collect();
+        pods.sort_by_key(|p| (!p.phase.in_flight(), std::cmp::Reverse(p.attempt)));
         for extra in pods.iter().skip(1) {
             steps.push(Step::DeletePod(extra.name.clone()));
         }
+        // Would this load or unload change nothing that is wanted now?
+        let load_wanted = |e: &NodeModuleSpec| want.is_some_and(|w| w.config == e.config && w.version == e.version);
+        let unload_wanted = |e: &NodeModuleSpec, loaded: Option<&NodeModuleStatus>| {
+            loaded.is_some_and(|l| l.config == e.config)
+                && !want.is_some_and(|w| loaded.is_some_and(|l| same_load(w, l)))
+        };
         let mut in_flight = false;
+        let mut unloading = false;
         let mut recorded = None;
         if let Some(pod) = pods.first() {
             let from_this_boot = pod.boot_id == node.boot_id;
@@ -286,10 +362,9 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
                 (PodPhase::Succeeded, Action::Load) => steps.push(Step::DeletePod(pod.name.clone())),
                 (PodPhase::Failed { message, finished_at }, action) => {
                     let still_wanted = match action {
-                        Action::Load => {
-                            want.is_some_and(|w| w.config == pod.entry.config && w.version == pod.entry.version)
-                        }
-                        Action::Unload => loaded.is_some_and(|l| l.config == pod.entry.config),
+                        Action::Load => load_wanted(&pod.entry),
+                        // Wanted loaded again as it is: the unload is abandoned, the module stays.
+                        Action::Unload => unload_wanted(&pod.entry, loaded),
                     };
                     let delay = backoff(pod.attempt);
                     if !pod.reported {
@@ -297,8 +372,10 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
                             Action::Load => ("ModuleLoadFailed", "loading"),
                             Action::Unload => ("ModuleUnloadFailed", "unloading"),
                         };
-                        let retry = if still_wanted {
+                        let next = if still_wanted {
                             format!("; retrying in {}s", delay.as_secs())
+                        } else if action == Action::Unload && loaded.is_some() {
+                            "; it is wanted loaded again, so it stays".to_owned()
                         } else {
                             String::new()
                         };
@@ -306,7 +383,7 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
                             type_: EventType::Warning,
                             reason,
                             message: format!(
-                                "Module {key}: {verb} failed on attempt {} (worker pod {}): {message}{retry}",
+                                "Module {key}: {verb} failed on attempt {} (worker pod {}): {message}{next}",
                                 pod.attempt + 1,
                                 pod.name
                             ),
@@ -326,12 +403,34 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
                             attempt: pod.attempt + 1,
                         });
                         in_flight = true;
+                        unloading = action == Action::Unload;
                     } else {
                         wait(delay - elapsed, &mut requeue);
                         in_flight = true;
+                        unloading = action == Action::Unload;
                     }
                 }
-                (PodPhase::InFlight, _) => in_flight = true,
+                (PodPhase::Pending { since, .. }, action) => {
+                    in_flight = true;
+                    if action == Action::Load && !load_wanted(&pod.entry) {
+                        // A load that has not started and is no longer what the node should
+                        // run: replace it (its successor may have the same name, so it is
+                        // created once this one is gone). A pending unload is left to run or
+                        // time out: stopping one the kubelet just started could leave the
+                        // module out of the kernel with the status saying it is in.
+                        steps.push(Step::DeletePod(pod.name.clone()));
+                    } else {
+                        unloading = action == Action::Unload;
+                        if let Some(since) = since {
+                            let age = state.now.duration_since(*since).unsigned_abs();
+                            wait(state.pending_timeout.saturating_sub(age), &mut requeue);
+                        }
+                    }
+                }
+                (PodPhase::InFlight, action) => {
+                    in_flight = true;
+                    unloading = action == Action::Unload;
+                }
             }
         }
         let loaded_entry = recorded.as_ref().or(loaded);
@@ -340,7 +439,8 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
         let versioned = |v: &Option<String>| v.clone();
         let mut desired: BTreeMap<&String, Option<String>> = names.all().into_iter().map(|k| (k, None)).collect();
         match (want, loaded_entry) {
-            (Some(w), Some(l)) if same_load(w, l) => {
+            // Never ready while an unload is in flight: it may still take the module away.
+            (Some(w), Some(l)) if same_load(w, l) && !unloading => {
                 desired.insert(&names.ready, Some(String::new()));
                 if let Some(v) = versioned(&l.version) {
                     desired.insert(&names.version_ready, Some(v.clone()));
@@ -425,6 +525,7 @@ mod tests {
     const K1: &str = "6.1.0-28-amd64";
     const K2: &str = "6.1.0-30-amd64";
     const READY: &str = "kmm.node.kubernetes.io/ns.m.ready";
+    const PENDING_TIMEOUT: Duration = Duration::from_secs(600);
 
     fn node(kernel: &str, boot: &str, labels: &[(&str, &str)]) -> NodeView {
         NodeView {
@@ -486,6 +587,7 @@ mod tests {
             pods,
             device_plugin_running: &running,
             now: ts(now),
+            pending_timeout: PENDING_TIMEOUT,
         })
     }
 
@@ -801,5 +903,156 @@ mod tests {
                 ("kmm.node.kubernetes.io/old.gone.ready", None),
             ])]
         );
+    }
+
+    fn failed(secs: i64) -> PodPhase {
+        PodPhase::Failed {
+            message: "modprobe: FATAL: Module m is in use".into(),
+            finished_at: Some(ts(secs)),
+        }
+    }
+
+    fn pending(secs: i64) -> PodPhase {
+        PodPhase::Pending {
+            since: Some(ts(secs)),
+            reason: "ImagePullBackOff: Back-off pulling image \"r/m:1\"".into(),
+        }
+    }
+
+    #[test]
+    fn a_failed_unload_of_a_module_wanted_again_is_abandoned() {
+        let e = entry(K1, "r/m:1");
+        let n = node(K1, "b1", &[]);
+        let st = [loaded(&e, "b1")];
+        let unload = pod(Action::Unload, &e, "b1", failed(0));
+        // Wanted again as it is loaded: said once, not retried, the pod goes, the module is
+        // ready again.
+        assert_eq!(
+            plan(&n, &[e.clone()], &st, std::slice::from_ref(&unload), &[], 100),
+            [
+                labels(&[(READY, Some(""))]),
+                Step::Event {
+                    type_: EventType::Warning,
+                    reason: "ModuleUnloadFailed",
+                    message: "Module ns/m: unloading failed on attempt 1 (worker pod w-unload): \
+                              modprobe: FATAL: Module m is in use; it is wanted loaded again, so it stays"
+                        .into()
+                },
+                Step::MarkReported("w-unload".into()),
+                Step::DeletePod("w-unload".into()),
+            ]
+        );
+        // Still unwanted: retried after the backoff.
+        let mut reported = unload.clone();
+        reported.reported = true;
+        assert_eq!(
+            plan(&n, &[], &st, &[reported], &[], 100),
+            [Step::CreatePod {
+                action: Action::Unload,
+                entry: e.clone(),
+                attempt: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn never_ready_while_an_unload_may_take_the_module_away() {
+        let e = entry(K1, "r/m:1");
+        let st = [loaded(&e, "b1")];
+        let n = node(K1, "b1", &[]);
+        for phase in [PodPhase::InFlight, pending(0)] {
+            let unload = pod(Action::Unload, &e, "b1", phase.clone());
+            // Wanted again while the unload runs or waits: no ready label, no new pod.
+            assert_eq!(
+                plan(&n, &[e.clone()], &st, &[unload.clone()], &[], 1)
+                    .into_iter()
+                    .filter(|s| !matches!(s, Step::RequeueAfter(_)))
+                    .collect::<Vec<_>>(),
+                [],
+                "{phase:?}"
+            );
+            let ready = node(K1, "b1", &[(READY, "")]);
+            assert_eq!(
+                plan(&ready, &[e.clone()], &st, &[unload], &[], 1)[0],
+                labels(&[(READY, None)]),
+                "{phase:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pending_load_of_an_old_entry_is_replaced() {
+        let old = entry(K1, "r/m:1");
+        let new = entry(K1, "r/m:2");
+        let n = node(K1, "b1", &[]);
+        let stuck = pod(Action::Load, &old, "b1", pending(0));
+        assert_eq!(
+            plan(&n, &[new.clone()], &[], std::slice::from_ref(&stuck), &[], 5),
+            [Step::DeletePod("w-load".into())]
+        );
+        // No longer wanted at all: the same.
+        assert_eq!(
+            plan(&n, &[], &[], std::slice::from_ref(&stuck), &[], 5),
+            [Step::DeletePod("w-load".into())]
+        );
+        // A started load is left to finish: stopping it could leave the module half done.
+        let running = pod(Action::Load, &old, "b1", PodPhase::InFlight);
+        assert_eq!(plan(&n, &[new.clone()], &[], &[running], &[], 5), []);
+    }
+
+    #[test]
+    fn a_pod_pending_too_long_is_a_failed_attempt() {
+        let e = entry(K1, "r/m:1");
+        let n = node(K1, "b1", &[]);
+        let stuck = pod(Action::Load, &e, "b1", pending(0));
+        // Before the timeout: look again when it ends.
+        assert_eq!(
+            plan(&n, &[e.clone()], &[], std::slice::from_ref(&stuck), &[], 60),
+            [Step::RequeueAfter(Duration::from_secs(540))]
+        );
+        // At the timeout: reported with what held it back, retried after the first backoff.
+        assert_eq!(
+            plan(&n, &[e.clone()], &[], std::slice::from_ref(&stuck), &[], 600),
+            [
+                Step::Event {
+                    type_: EventType::Warning,
+                    reason: "ModuleLoadFailed",
+                    message: "Module ns/m: loading failed on attempt 1 (worker pod w-load): still Pending \
+                              after 10m: ImagePullBackOff: Back-off pulling image \"r/m:1\"; retrying in 10s"
+                        .into()
+                },
+                Step::MarkReported("w-load".into()),
+                Step::RequeueAfter(Duration::from_secs(10)),
+            ]
+        );
+        let mut reported = stuck.clone();
+        reported.reported = true;
+        assert_eq!(
+            plan(&n, &[e.clone()], &[], std::slice::from_ref(&reported), &[], 610),
+            [Step::CreatePod {
+                action: Action::Load,
+                entry: e.clone(),
+                attempt: 1
+            }]
+        );
+        // The retry shows up: the stuck pod goes, the retry is waited for.
+        let mut retry = pod(Action::Load, &e, "b1", pending(611));
+        retry.name = "w-load-1".into();
+        retry.attempt = 1;
+        assert_eq!(
+            plan(&n, &[e.clone()], &[], &[reported, retry], &[], 612),
+            [
+                Step::DeletePod("w-load".into()),
+                Step::RequeueAfter(Duration::from_secs(599))
+            ]
+        );
+    }
+
+    #[test]
+    fn timeouts_read_as_written() {
+        assert_eq!(human(Duration::from_secs(600)), "10m");
+        assert_eq!(human(Duration::from_secs(90)), "90s");
+        assert_eq!(human(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(human(Duration::from_secs(7200)), "2h");
     }
 }

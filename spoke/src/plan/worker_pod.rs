@@ -15,12 +15,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use sha2::{Digest, Sha256};
 use shared_api::nmc::NodeModuleSpec;
 
+use super::device_plugin::MODULE_NAME_LABEL;
 use super::node_plan::{Action, PodPhase, WorkerPodView};
 
-/// `app.kubernetes.io/name` of every worker pod.
-pub const APP: &str = "kmm-worker";
-/// Label holding `load` or `unload`.
+/// `app.kubernetes.io/name` of every worker pod, as upstream KMM labels them.
+pub const APP: &str = "kmm";
+/// `app.kubernetes.io/component` of every worker pod, as upstream KMM labels them.
+pub const COMPONENT: &str = "worker";
+/// Label holding `Load` or `Unload` (upstream's values; our older `load` / `unload` read too).
 pub const ACTION_LABEL: &str = "kmm.node.kubernetes.io/worker-action";
+/// Label selector of worker pods: every one carries [`ACTION_LABEL`], upstream's too.
+pub const SELECTOR: &str = ACTION_LABEL;
 /// Label holding the retry number.
 pub const ATTEMPT_LABEL: &str = "kmm.node.kubernetes.io/worker-attempt";
 /// Annotation holding the module entry as JSON.
@@ -51,6 +56,8 @@ pub struct WorkerSettings {
     pub firmware_host_path: String,
     /// `worker.setFirmwareClassPath`: value written to the kernel's firmware search path, if any.
     pub set_firmware_class_path: Option<String>,
+    /// `worker.pendingTimeout`: a pod Pending longer counts as a failed attempt.
+    pub pending_timeout: std::time::Duration,
 }
 
 impl Default for WorkerSettings {
@@ -61,6 +68,7 @@ impl Default for WorkerSettings {
             selinux_type: "spc_t".into(),
             firmware_host_path: "/var/lib/firmware".into(),
             set_firmware_class_path: None,
+            pending_timeout: std::time::Duration::from_secs(600),
         }
     }
 }
@@ -168,8 +176,11 @@ pub fn render(
     if let Some(secret) = &entry.image_repo_secret {
         volumes.push(Volume {
             name: "pull-secret".into(),
+            // Optional: a missing Secret fails the worker with a message naming it, instead
+            // of leaving the pod in ContainerCreating for ever.
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.name.clone()),
+                optional: Some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -183,8 +194,11 @@ pub fn render(
             namespace: Some(entry.namespace.clone()),
             labels: Some(BTreeMap::from([
                 ("app.kubernetes.io/name".to_owned(), APP.to_owned()),
+                ("app.kubernetes.io/component".to_owned(), COMPONENT.to_owned()),
+                ("app.kubernetes.io/part-of".to_owned(), "kmm".to_owned()),
                 ("app.kubernetes.io/managed-by".to_owned(), "kmm-spoke".to_owned()),
-                (ACTION_LABEL.to_owned(), action.as_str().to_owned()),
+                (MODULE_NAME_LABEL.to_owned(), entry.name.clone()),
+                (ACTION_LABEL.to_owned(), action.label_value().to_owned()),
                 (ATTEMPT_LABEL.to_owned(), attempt.to_string()),
             ])),
             annotations: Some(BTreeMap::from([
@@ -232,14 +246,92 @@ pub fn render(
     }
 }
 
+/// Finalizer upstream KMM puts on its worker pods.
+pub const UPSTREAM_FINALIZER: &str = "kmm.node.kubernetes.io/nodemodulesconfig-reconciler";
+
+/// What to do with a worker pod upstream KMM left behind (it carries the worker-action label
+/// but not our entry annotation), when kmm-spoke takes a cluster over from upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leftover {
+    /// Drop upstream's finalizer, which nobody would remove any more.
+    pub remove_finalizer: bool,
+    /// Delete it: it has finished (upstream recorded its result in the NodeModulesConfig
+    /// status, which kmm-spoke reads as its own). A pod still running is left to finish.
+    pub delete: bool,
+}
+
+/// `Some` for a worker pod of upstream KMM that needs cleaning up.
+pub fn upstream_leftover(pod: &Pod) -> Option<Leftover> {
+    let meta = &pod.metadata;
+    meta.labels.as_ref()?.get(ACTION_LABEL)?;
+    if read_back(pod).is_some() {
+        return None;
+    }
+    let remove_finalizer = meta.finalizers.iter().flatten().any(|f| f == UPSTREAM_FINALIZER);
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    let delete = finished && meta.deletion_timestamp.is_none();
+    (remove_finalizer || delete).then_some(Leftover {
+        remove_finalizer,
+        delete,
+    })
+}
+
+/// Whether the pod's worker container has started (running or finished) or the pod runs.
+fn started(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status.phase.as_deref() == Some("Running")
+        || status.container_statuses.iter().flatten().any(|c| {
+            c.state
+                .as_ref()
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+        })
+}
+
+/// What keeps a pod from starting, in the words of the kubelet (a waiting container's reason
+/// and message: `ErrImagePull`, `CreateContainerConfigError`, `ContainerCreating`) or the
+/// scheduler (`PodScheduled=False`).
+fn pending_reason(pod: &Pod) -> String {
+    let status = pod.status.as_ref();
+    let waiting = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref().and_then(|s| s.waiting.as_ref()));
+    if let Some(w) = waiting {
+        let reason = w.reason.as_deref().unwrap_or("Waiting");
+        return match w.message.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+            Some(m) => format!("{reason}: {m}"),
+            None => reason.to_owned(),
+        };
+    }
+    let unscheduled = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unscheduled {
+        let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+        return match c.message.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
+            Some(m) => format!("{reason}: {m}"),
+            None => reason.to_owned(),
+        };
+    }
+    "the kubelet has not started it and gives no reason (look at the pod's events)".to_owned()
+}
+
 /// Reads a worker pod back; `None` for pods that are not ours or were tampered with.
 pub fn read_back(pod: &Pod) -> Option<WorkerPodView> {
     let meta = &pod.metadata;
     let labels = meta.labels.as_ref()?;
     let annotations = meta.annotations.as_ref()?;
     let action = match labels.get(ACTION_LABEL)?.as_str() {
-        "load" => Action::Load,
-        "unload" => Action::Unload,
+        "Load" | "load" => Action::Load,
+        "Unload" | "unload" => Action::Unload,
         _ => return None,
     };
     let entry: NodeModuleSpec = serde_json::from_str(annotations.get(ENTRY_ANNOTATION)?).ok()?;
@@ -261,7 +353,11 @@ pub fn read_back(pod: &Pod) -> Option<WorkerPodView> {
                 finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
             }
         }
-        _ => PodPhase::InFlight,
+        _ if started(pod) => PodPhase::InFlight,
+        _ => PodPhase::Pending {
+            since: meta.creation_timestamp.as_ref().map(|t| t.0),
+            reason: pending_reason(pod),
+        },
     };
     Some(WorkerPodView {
         name: meta.name.clone()?,
@@ -277,7 +373,11 @@ pub fn read_back(pod: &Pod) -> Option<WorkerPodView> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus};
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
     use shared_api::nmc::ModuleConfig;
 
     fn entry() -> NodeModuleSpec {
@@ -365,6 +465,50 @@ mod tests {
     }
 
     #[test]
+    fn upstream_pods_are_recognised_and_cleaned_up() {
+        let upstream = |phase: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": "kmm-worker-node-1-m", "namespace": "ns",
+                    "labels": {"kmm.node.kubernetes.io/worker-action": "Load", MODULE_NAME_LABEL: "m"},
+                    "finalizers": [UPSTREAM_FINALIZER]
+                },
+                "status": {"phase": phase}
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            upstream_leftover(&upstream("Succeeded")),
+            Some(Leftover {
+                remove_finalizer: true,
+                delete: true
+            })
+        );
+        assert_eq!(
+            upstream_leftover(&upstream("Running")),
+            Some(Leftover {
+                remove_finalizer: true,
+                delete: false
+            })
+        );
+        // Ours are never touched this way.
+        let mut ours = render(
+            "node-1",
+            "boot-1",
+            &entry(),
+            Action::Load,
+            0,
+            &WorkerSettings::default(),
+            owner(),
+        );
+        ours.status = Some(PodStatus {
+            phase: Some("Succeeded".into()),
+            ..Default::default()
+        });
+        assert_eq!(upstream_leftover(&ours), None);
+    }
+
+    #[test]
     fn pods_read_back_with_phase_and_failure_message() {
         let mut pod = render(
             "node-1",
@@ -381,7 +525,57 @@ mod tests {
             (Action::Unload, 3, "boot-1", false)
         );
         assert_eq!(v.entry, entry());
-        assert_eq!(v.phase, PodPhase::InFlight);
+        assert!(
+            matches!(v.phase, PodPhase::Pending { since: None, .. }),
+            "{:?}",
+            v.phase
+        );
+
+        // Waiting for its image: Pending, with the kubelet's words.
+        pod.metadata.creation_timestamp = Some(Time(Timestamp::from_second(1_800_000_000).unwrap()));
+        pod.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "worker".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("ErrImagePull".into()),
+                        message: Some("pull access denied for r/kmm-worker\n".into()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert_eq!(
+            read_back(&pod).unwrap().phase,
+            PodPhase::Pending {
+                since: Some(Timestamp::from_second(1_800_000_000).unwrap()),
+                reason: "ErrImagePull: pull access denied for r/kmm-worker".into()
+            }
+        );
+        // Not scheduled: the scheduler's words.
+        pod.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some("0/3 nodes are available".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        assert!(
+            matches!(&read_back(&pod).unwrap().phase, PodPhase::Pending { reason, .. } if reason == "Unschedulable: 0/3 nodes are available")
+        );
+        // Started: in flight.
+        pod.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        assert_eq!(read_back(&pod).unwrap().phase, PodPhase::InFlight);
 
         pod.status = Some(PodStatus {
             phase: Some("Failed".into()),

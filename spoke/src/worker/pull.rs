@@ -86,7 +86,7 @@ impl PullSecret {
                 .ok_or_else(|| {
                     err(
                         path,
-                        "directory holds no .dockerconfigjson, .dockercfg or config.json".into(),
+                        "directory holds no .dockerconfigjson, .dockercfg or config.json (does the Secret the Module names in imageRepoSecret exist, with one of those keys?)".into(),
                     )
                 })?
         } else {
