@@ -607,6 +607,7 @@ mod tests {
                 "node-initialize",
                 "node-heartbeat-with-lease",
                 "pod-ready",
+                "pod-stuck",
                 "pod-complete",
                 "pod-fail",
                 "build-pod-complete",
@@ -614,7 +615,9 @@ mod tests {
                 "pod-delete"
             ]
         );
-        let complete = &docs[4]["spec"]["selector"]["matchExpressions"];
+        let stuck = &docs[4]["spec"]["selector"]["matchExpressions"];
+        assert!(stuck.to_string().contains(STUCK_ANNOTATION));
+        let complete = &docs[5]["spec"]["selector"]["matchExpressions"];
         assert!(complete.to_string().contains(FAIL_ANNOTATION));
     }
 

@@ -236,6 +236,18 @@ async fn node(env: &Env, name: &str) -> Result<Node> {
     Ok(Api::<Node>::all(env.client()).get(name).await?)
 }
 
+/// Removes the label `key` from `node`.
+async fn unlabel(env: &Env, node: &str, key: &str) -> Result<()> {
+    Api::<Node>::all(env.client())
+        .patch(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {key: null}}})),
+        )
+        .await?;
+    Ok(())
+}
+
 fn labels_of(n: &Node) -> BTreeMap<String, String> {
     n.metadata.labels.clone().unwrap_or_default()
 }
@@ -272,7 +284,8 @@ async fn wait_loaded(env: &Env, node: &str, ns: &str, name: &str, image: Option<
         .await
 }
 
-async fn node_events(env: &Env, node: &str, reason: &str) -> Result<Vec<String>> {
+/// The events on `node` with `reason`.
+async fn events_on(env: &Env, node: &str, reason: &str) -> Result<Vec<Event>> {
     let api: Api<Event> = Api::all(env.client());
     let list = api
         .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
@@ -281,6 +294,13 @@ async fn node_events(env: &Env, node: &str, reason: &str) -> Result<Vec<String>>
         .items
         .into_iter()
         .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect())
+}
+
+async fn node_events(env: &Env, node: &str, reason: &str) -> Result<Vec<String>> {
+    Ok(events_on(env, node, reason)
+        .await?
+        .into_iter()
         .filter_map(|e| e.message)
         .collect())
 }
@@ -288,14 +308,10 @@ async fn node_events(env: &Env, node: &str, reason: &str) -> Result<Vec<String>>
 /// How often `message` was said on `node` for `reason`: events and their repeats (a repeat
 /// raises the count of the event it folds into).
 async fn times_said(env: &Env, node: &str, reason: &str, message: &str) -> Result<i32> {
-    let api: Api<Event> = Api::all(env.client());
-    let list = api
-        .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
-        .await?;
-    Ok(list
-        .items
+    Ok(events_on(env, node, reason)
+        .await?
         .iter()
-        .filter(|e| e.reason.as_deref() == Some(reason) && e.message.as_deref() == Some(message))
+        .filter(|e| e.message.as_deref() == Some(message))
         .map(|e| e.count.unwrap_or(1).max(1))
         .sum())
 }
@@ -1268,13 +1284,7 @@ async fn failing_worker_pod_is_reported_and_retried_with_backoff(env: Arc<Env>) 
     );
 
     // The node is fixed: a later retry loads the module.
-    Api::<Node>::all(env.client())
-        .patch(
-            on,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {MODPROBE_FAILS_LABEL: null}}})),
-        )
-        .await?;
+    unlabel(&env, on, MODPROBE_FAILS_LABEL).await?;
     wait_loaded(&env, on, ns, name, Some(&image)).await?;
     wait_event(
         &env,
@@ -1923,13 +1933,7 @@ async fn stuck_worker_pod_is_replaced_times_out_and_holds_no_other_module_back(e
     );
 
     // The image can be pulled again: the retry loads the new entry, and the stuck pod is gone.
-    Api::<Node>::all(env.client())
-        .patch(
-            on,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {WORKER_STUCK_LABEL: null}}})),
-        )
-        .await?;
+    unlabel(&env, on, WORKER_STUCK_LABEL).await?;
     wait_loaded(&env, on, ns, stuck, Some(&image)).await?;
     let nmc = Api::<NodeModulesConfig>::all(env.client()).get(on).await?;
     let loaded = nmc
