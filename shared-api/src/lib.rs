@@ -6,6 +6,8 @@
 
 pub mod conditions;
 pub mod crds;
+pub mod envsubst;
+pub mod goregex;
 pub mod image;
 pub mod kernel;
 pub mod labels;
