@@ -308,6 +308,8 @@ fn main() -> ExitCode {
         rotated_certificate_is_presented,
         metrics_need_a_token_allowed_to_get_metrics,
         invalid_config_stops_the_start_naming_the_key,
+        upstream_corpus_gets_upstreams_verdicts,
+        unknown_variables_are_accepted_with_a_warning,
     ];
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
@@ -776,6 +778,145 @@ async fn invalid_config_stops_the_start_naming_the_key(env: Arc<Env>) -> Result<
         String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------------ upstream corpus
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpstreamVerdict {
+    file: String,
+    schema: String,
+    webhook: String,
+    schema_message: String,
+    webhook_message: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Difference {
+    file: String,
+}
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared-api/tests/upstream")
+}
+
+fn corpus_yaml<T: serde::de::DeserializeOwned>(name: &str) -> Result<T> {
+    let path = corpus_dir().join(name);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Upstream's examples and the variants around its rules, each as an administrator submits it
+/// (`kubectl create --dry-run=server --validate=strict`: our CRDs with their CEL rules, strict
+/// field validation, then our webhooks), and through `kmm-hub validate`: both give upstream's
+/// verdict except for the listed, deliberate differences (shared-api/tests/upstream/).
+async fn upstream_corpus_gets_upstreams_verdicts(env: Arc<Env>) -> Result<()> {
+    let verdicts: Vec<UpstreamVerdict> = corpus_yaml("verdicts.yaml")?;
+    let listed: std::collections::BTreeSet<String> = corpus_yaml::<Vec<Difference>>("differences.yaml")?
+        .into_iter()
+        .map(|d| d.file)
+        .collect();
+    ensure!(verdicts.len() >= 180, "the corpus has only {} cases", verdicts.len());
+    env.cluster.ensure_namespace("ns").await?;
+    let cases = corpus_dir().join("cases");
+    // Four kubectl processes at a time, each on its own task (owned inputs only).
+    let mut results = Vec::with_capacity(verdicts.len());
+    for chunk in verdicts.chunks(4) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, v) in chunk.iter().enumerate() {
+            let (env, path) = (env.clone(), cases.join(&v.file).display().to_string());
+            tasks.spawn(async move {
+                let args = [
+                    "create",
+                    "--dry-run=server",
+                    "--validate=strict",
+                    "-o",
+                    "name",
+                    "-f",
+                    path.as_str(),
+                ];
+                env.kubectl(&args, None).await.map(|out| (i, out.ok, out.stderr))
+            });
+        }
+        let mut done: Vec<(usize, bool, String)> = tasks.join_all().await.into_iter().collect::<Result<_>>()?;
+        done.sort_by_key(|d| d.0);
+        results.extend(
+            chunk
+                .iter()
+                .zip(done)
+                .map(|(v, (_, ok, err))| (v.file.clone(), ok, err)),
+        );
+    }
+
+    // The same files through the offline validator, in one run.
+    let hub = our_binary("kmm-hub")?;
+    let files: Vec<PathBuf> = verdicts.iter().map(|v| cases.join(&v.file)).collect();
+    let out = tokio::process::Command::new(&hub)
+        .arg("validate")
+        .args(&files)
+        .output()
+        .await
+        .context("running kmm-hub validate")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let offline = |file: &str| -> Option<bool> {
+        let line = stdout.lines().find(|l| l.contains(&format!("/{file}: ")))?;
+        Some(line.ends_with(": valid") || line.ends_with(": valid, with warnings:"))
+    };
+
+    let mut problems = Vec::new();
+    let (mut agree, mut differ) = (0, 0);
+    for (v, (file, api_ok, stderr)) in verdicts.iter().zip(&results) {
+        let upstream_ok = v.schema == "accepted" && v.webhook != "refused";
+        let Some(offline_ok) = offline(file) else {
+            problems.push(format!("{file}: no line from kmm-hub validate"));
+            continue;
+        };
+        if *api_ok != offline_ok {
+            problems.push(format!(
+                "{file}: the API server says {api_ok}, kmm-hub validate says {offline_ok}: {stderr}"
+            ));
+        }
+        match (upstream_ok == *api_ok, listed.contains(file)) {
+            (true, false) => agree += 1,
+            (false, true) => differ += 1,
+            (true, true) => problems.push(format!("{file}: listed as a difference but agrees with upstream now")),
+            (false, false) => problems.push(format!(
+                "{file}: upstream {} ({} {}), we {} ({})",
+                if upstream_ok { "accepts" } else { "refuses" },
+                v.schema_message,
+                v.webhook_message,
+                if *api_ok { "accept" } else { "refuse" },
+                stderr.trim()
+            )),
+        }
+    }
+    ensure!(
+        problems.is_empty(),
+        "{agree} agree, {differ} listed differences, {} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    println!(
+        "upstream corpus: {} cases, {agree} agree with upstream, {differ} differ on purpose",
+        verdicts.len()
+    );
+    Ok(())
+}
+
+/// As upstream, an unknown template variable expands to nothing; unlike upstream, whoever applies
+/// the Module is told (kubectl prints admission warnings).
+async fn unknown_variables_are_accepted_with_a_warning(env: Arc<Env>) -> Result<()> {
+    let m = module("default", "warned", "r/kmm-ci-a:v1${KERNEL_FULL_VERISON}");
+    let out = env.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&m)).await?;
+    ensure!(out.ok, "refused: {out}");
+    ensure!(
+        out.stderr
+            .contains("Warning: spec.moduleLoader.container.kernelMappings[0].containerImage")
+            && out.stderr.contains("${KERNEL_FULL_VERISON}, which is not defined here"),
+        "no warning naming the field and the variable: {out}"
     );
     Ok(())
 }

@@ -276,12 +276,15 @@ async fn push_unsigned_as(reg: &Registry, repo_tag: &str, auth: &RegistryAuth, d
 }
 
 fn files_to_sign(kver: &str) -> Vec<String> {
-    let vars = shared_api::vars::Variables::new(kver, "kmm-ci", "default");
+    let vars = shared_api::vars::Variables::new(kver, "kmm-ci", "default").unwrap();
     ["kmm_ci_a", "kmm_ci_b", "kmm_ci_fw"]
         .iter()
         .map(|m| {
-            vars.substitute(&format!("/opt/lib/modules/${{KERNEL_FULL_VERSION}}/{m}.ko"))
-                .unwrap()
+            vars.substitute(
+                shared_api::vars::Template::Sign,
+                &format!("/opt/lib/modules/${{KERNEL_FULL_VERSION}}/{m}.ko"),
+            )
+            .unwrap()
         })
         .collect()
 }

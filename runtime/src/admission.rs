@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use shared_api::mcm::ManagedClusterModule;
 use shared_api::module::Module;
 use shared_api::preflight::PreflightValidation;
-use shared_api::validation::{self, ValidationErrors};
+use shared_api::validation::{self, ValidationErrors, Warnings};
 
 /// Module webhook path (upstream KMM's).
 pub const MODULE_PATH: &str = "/validate-kmm-sigs-x-k8s-io-v1beta1-module";
@@ -96,9 +96,15 @@ fn denied(req: &Request, reason: impl ToString) -> AdmissionResponse {
     resp
 }
 
-fn with_warnings(mut resp: AdmissionResponse, errs: Result<(), ValidationErrors>) -> AdmissionResponse {
-    if let Err(errs) = errs {
-        resp.warnings = Some(errs.errors.iter().map(|e| e.to_string()).collect());
+/// An allowed response carrying `outcome`'s warnings, or its errors as warnings (for updates
+/// that cannot be refused: an unchanged spec, an object being deleted).
+fn with_warnings(mut resp: AdmissionResponse, outcome: Result<Warnings, ValidationErrors>) -> AdmissionResponse {
+    let list = match outcome {
+        Ok(w) => w,
+        Err(errs) => errs.errors,
+    };
+    if !list.is_empty() {
+        resp.warnings = Some(list.iter().map(|e| e.to_string()).collect());
     }
     resp
 }
@@ -108,8 +114,8 @@ fn with_warnings(mut resp: AdmissionResponse, errs: Result<(), ValidationErrors>
 fn review_object<K: DeserializeOwned>(
     req: &Request,
     kind: &str,
-    create: fn(&K) -> Result<(), ValidationErrors>,
-    update: fn(&K, &K) -> Result<(), ValidationErrors>,
+    create: fn(&K) -> Result<Warnings, ValidationErrors>,
+    update: fn(&K, &K) -> Result<Warnings, ValidationErrors>,
 ) -> AdmissionResponse {
     if req.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
         return AdmissionResponse::from(req);
@@ -131,7 +137,7 @@ fn review_object<K: DeserializeOwned>(
         _ => return AdmissionResponse::from(req),
     };
     match outcome {
-        Ok(Ok(())) => AdmissionResponse::from(req),
+        Ok(Ok(warnings)) => with_warnings(AdmissionResponse::from(req), Ok(warnings)),
         Ok(Err(errs)) => denied(req, errs),
         Err(reason) => denied(req, reason),
     }
@@ -159,9 +165,13 @@ pub fn review_mcm(req: &Request) -> AdmissionResponse {
 
 /// Decides a PreflightValidation review.
 pub fn review_preflight(req: &Request) -> AdmissionResponse {
-    review_object::<PreflightValidation>(req, "PreflightValidation", validation::validate_preflight, |_, new| {
-        validation::validate_preflight(new)
-    })
+    // Both served versions share the spec, so the v1beta2 type reads either.
+    review_object::<PreflightValidation>(
+        req,
+        "PreflightValidation",
+        |new| validation::validate_preflight(new.metadata.name.as_deref().unwrap_or_default(), &new.spec),
+        |_, new| validation::validate_preflight(new.metadata.name.as_deref().unwrap_or_default(), &new.spec),
+    )
 }
 
 /// Decides a Namespace review given the names of the Modules in that namespace.

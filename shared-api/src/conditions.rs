@@ -10,6 +10,8 @@ pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 /// Condition type: something needs the administrator.
 pub const DEGRADED: &str = "Degraded";
+/// Condition type: the spec was accepted with warnings (as admission returned them).
+pub const SPEC_WARNINGS: &str = "SpecWarnings";
 
 /// A condition to set.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,12 +1,12 @@
 //! The CustomResourceDefinitions we own, generated from the Rust types.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
 use kube::CustomResourceExt;
 
 use crate::mcm::ManagedClusterModule;
 use crate::module::Module;
 use crate::nmc::NodeModulesConfig;
-use crate::preflight::PreflightValidation;
+use crate::preflight;
 
 /// Which cluster a CRD is installed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +22,41 @@ pub enum Set {
 /// The CRDs of `set`, in a stable order.
 pub fn crds(set: Set) -> Vec<CustomResourceDefinition> {
     let hub = || vec![ManagedClusterModule::crd()];
-    let spoke = || vec![Module::crd(), NodeModulesConfig::crd(), PreflightValidation::crd()];
-    match set {
+    let spoke = || vec![Module::crd(), NodeModulesConfig::crd(), preflight::crd()];
+    let mut all = match set {
         Set::Hub => hub(),
         Set::Spoke => spoke(),
         Set::All => [hub(), spoke()].concat(),
+    };
+    all.iter_mut().for_each(with_object_fields);
+    all
+}
+
+/// Declares `apiVersion`, `kind` and `metadata` in every version's schema, as controller-gen
+/// does for upstream's CRDs, so tools that read the schema (explain, editors, schema diffs) see
+/// the same top level.
+fn with_object_fields(crd: &mut CustomResourceDefinition) {
+    let field = |ty: &str, description: &str| JSONSchemaProps {
+        type_: Some(ty.to_owned()),
+        description: Some(description.to_owned()),
+        ..Default::default()
+    };
+    for v in &mut crd.spec.versions {
+        let Some(schema) = v.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else {
+            continue;
+        };
+        let props = schema.properties.get_or_insert_with(Default::default);
+        props
+            .entry("apiVersion".into())
+            .or_insert_with(|| field("string", "The versioned schema of this representation of an object."));
+        props
+            .entry("kind".into())
+            .or_insert_with(|| field("string", "The REST resource this object represents."));
+        // The API server allows nothing but the type here (it fills in ObjectMeta itself).
+        props.entry("metadata".into()).or_insert_with(|| JSONSchemaProps {
+            type_: Some("object".to_owned()),
+            ..Default::default()
+        });
     }
 }
 
@@ -84,7 +114,10 @@ mod tests {
                 .unwrap_or_default()
         };
         assert_eq!(rules(modprobe).len(), 2);
-        assert_eq!(rules(container), ["has(self.version) == has(oldSelf.version)"]);
+        assert_eq!(
+            rules(container),
+            ["(has(self.version) && self.version != '') == (has(oldSelf.version) && oldSelf.version != '')"]
+        );
         assert_eq!(rules(&container["properties"]["kernelMappings"]["items"]).len(), 1);
         assert_eq!(rules(spec).len(), 1);
         let columns: Vec<_> = version["additionalPrinterColumns"]

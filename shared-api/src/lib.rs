@@ -16,6 +16,7 @@ pub mod mcm;
 pub mod module;
 pub mod nmc;
 pub mod ocm;
+pub mod optional;
 pub mod preflight;
 pub mod recipe;
 pub mod registry_auth;

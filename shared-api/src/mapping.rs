@@ -3,12 +3,12 @@
 //! Mappings are tried in list order; the first whose `literal` equals the kernel or whose
 //! `regexp` matches it wins. Fields a mapping leaves unset fall back to the container's.
 
-use regex::Regex;
 use thiserror::Error;
 
-use crate::kernel;
+use crate::goregex::{GoRegex, GoRegexError};
+use crate::kernel::{self, TooFewComponents};
 use crate::module::{Build, KernelMapping, ModuleLoaderContainerSpec, Sign, TlsOptions};
-use crate::vars::{SubstitutionError, Variables};
+use crate::vars::{SubstitutionError, Template, Variables};
 
 /// Why a Module's mappings cannot be used.
 #[derive(Debug, Error)]
@@ -20,9 +20,9 @@ pub enum MappingError {
         index: usize,
         /// The pattern.
         pattern: String,
-        /// The compiler's message.
+        /// Why Go's regexp syntax refuses it, or which construct we cannot match as Go does.
         #[source]
-        source: Box<regex::Error>,
+        source: GoRegexError,
     },
     /// Neither or both of `literal` and `regexp`.
     #[error("kernelMappings[{0}]: exactly one of literal and regexp must be set")]
@@ -30,7 +30,34 @@ pub enum MappingError {
     /// No image on the mapping nor on the container.
     #[error("kernelMappings[{0}]: no containerImage on the mapping nor on the container")]
     NoImage(usize),
-    /// A variable that cannot be expanded.
+    /// A kernel that upstream cannot derive template variables from (fewer than three
+    /// components): upstream loads nothing on it, neither do we.
+    #[error("kernelMappings[{index}] matches kernel {kernel:?}, but {source}")]
+    Kernel {
+        /// Index of the mapping.
+        index: usize,
+        /// The kernel.
+        kernel: String,
+        /// Why.
+        #[source]
+        source: TooFewComponents,
+    },
+    /// A template whose expansion is not a usable image reference (an unknown variable expands
+    /// to nothing, as upstream, which can leave `repo:` behind).
+    #[error("kernelMappings[{index}].{field}: {template:?} expands to {image:?}, which {reason}")]
+    BadImage {
+        /// Index of the mapping.
+        index: usize,
+        /// Field holding the template.
+        field: &'static str,
+        /// The template.
+        template: String,
+        /// What it expanded to.
+        image: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A template that cannot be expanded.
     #[error("kernelMappings[{index}].{field}: {source}")]
     Substitution {
         /// Index of the mapping.
@@ -45,7 +72,7 @@ pub enum MappingError {
 
 enum Matcher {
     Literal(String),
-    Regexp(Regex),
+    Regexp(GoRegex),
 }
 
 /// A Module's kernel mappings with their regexps compiled once, to resolve many kernels.
@@ -60,7 +87,7 @@ pub struct Mappings<'a> {
 pub struct ResolvedMapping {
     /// Index of the mapping that matched.
     pub index: usize,
-    /// The normalised kernel version.
+    /// The node's kernel release, as reported (the worker looks for `lib/modules/<this>`).
     pub kernel: String,
     /// The kmod image, variables substituted.
     pub container_image: String,
@@ -95,20 +122,23 @@ impl<'a> Mappings<'a> {
             .enumerate()
             .map(|(index, m)| match (non_empty(&m.literal), non_empty(&m.regexp)) {
                 (Some(l), None) => Ok(Matcher::Literal(l.to_owned())),
-                (None, Some(p)) => Regex::new(p).map(Matcher::Regexp).map_err(|e| MappingError::BadRegexp {
-                    index,
-                    pattern: p.to_owned(),
-                    source: Box::new(e),
-                }),
+                (None, Some(p)) => GoRegex::new(p)
+                    .map(Matcher::Regexp)
+                    .map_err(|source| MappingError::BadRegexp {
+                        index,
+                        pattern: p.to_owned(),
+                        source,
+                    }),
                 _ => Err(MappingError::LiteralXorRegexp(index)),
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { container, matchers })
     }
 
-    /// The first mapping that matches `kernel` (normalised here).
+    /// The first mapping that matches the node kernel `kernel`, as reported (upstream matches the
+    /// raw string: a `literal` must equal it, a `regexp` is searched in it, unanchored).
     pub fn find(&self, kernel: &str) -> Option<(usize, &'a KernelMapping)> {
-        let kernel = kernel::normalize(kernel);
+        let kernel = kernel::release(kernel);
         self.matchers
             .iter()
             .position(|m| match m {
@@ -124,10 +154,19 @@ impl<'a> Mappings<'a> {
             return Ok(None);
         };
         let c = self.container;
-        let kernel = kernel::normalize(kernel);
-        let vars = Variables::new(kernel, name, namespace);
+        let kernel = kernel::release(kernel);
+        let vars = Variables::new(kernel, name, namespace).map_err(|source| MappingError::Kernel {
+            index,
+            kernel: kernel.to_owned(),
+            source,
+        })?;
         let subst = |field: &'static str, t: &str| {
-            vars.substitute(t)
+            let template = if field.starts_with("sign.") {
+                Template::Sign
+            } else {
+                Template::Image
+            };
+            vars.substitute(template, t)
                 .map_err(|source| MappingError::Substitution { index, field, source })
         };
         let image = non_empty(&m.container_image)
@@ -147,10 +186,25 @@ impl<'a> Mappings<'a> {
                 ..s.clone()
             }),
         };
+        let container_image = subst("containerImage", image)?;
+        if let Err(reason) = crate::image::check_reference(&container_image).and_then(|()| {
+            crate::image::ImageRef::parse(&container_image)
+                .has_tag_or_digest()
+                .then_some(())
+                .ok_or_else(|| "has no tag or digest".to_owned())
+        }) {
+            return Err(MappingError::BadImage {
+                index,
+                field: "containerImage",
+                template: image.to_owned(),
+                image: container_image,
+                reason,
+            });
+        }
         Ok(Some(ResolvedMapping {
             index,
             kernel: kernel.to_owned(),
-            container_image: subst("containerImage", image)?,
+            container_image,
             build: crate::recipe::relevant_build(c.build.as_ref(), m.build.as_ref()),
             sign,
             registry_tls: m.registry_tls.or(c.registry_tls).unwrap_or_default(),
@@ -204,10 +258,15 @@ mod tests {
             (r.index, r.container_image.as_str()),
             (0, "some.registry/org/my-kmod:literal")
         );
+        // The raw kernel is matched, as upstream: `$` does not match before a trailing `+`.
         let r = m.resolve("6.1.1-300.fc37.x86_64+", "m", "ns").unwrap().unwrap();
         assert_eq!(
             (r.index, r.container_image.as_str()),
-            (1, "other.registry/org/m:6.1.1-300.fc37.x86_64")
+            (2, "default.registry/org/m:6.1.1-300.fc37.x86_64_")
+        );
+        assert_eq!(
+            r.kernel, "6.1.1-300.fc37.x86_64+",
+            "the worker looks under the raw release"
         );
         let r = m.resolve("6.1.0-28-amd64", "kmm_ci_a", "ns").unwrap().unwrap();
         assert_eq!(
@@ -217,9 +276,13 @@ mod tests {
     }
 
     #[test]
-    fn regexp_search_is_unanchored_like_upstream() {
-        let c = container(vec![mapping(None, Some("fc37"), Some("r/m:t"))]);
+    fn regexp_search_is_unanchored_and_on_the_raw_kernel_like_upstream() {
+        let c = container(vec![
+            mapping(None, Some("fc37"), Some("r/m:t")),
+            mapping(None, Some(r"\+$"), Some("r/m:dirty")),
+        ]);
         let m = Mappings::compile(&c).unwrap();
+        assert_eq!(m.find("6.6.0+").map(|(i, _)| i), Some(1));
         assert!(m.find("6.0.15-300.fc37.x86_64").is_some());
         assert!(m.find("6.1.0-28-amd64").is_none());
         assert_eq!(m.resolve("6.1.0-28-amd64", "m", "ns").unwrap(), None);
@@ -285,7 +348,7 @@ mod tests {
         let e = m.resolve("rolling", "m", "ns").unwrap_err().to_string();
         assert_eq!(
             e,
-            "kernelMappings[0].containerImage: ${KERNEL_Z} needs a kernel version starting with X.Y.Z, got \"rolling\""
+            "kernelMappings[0] matches kernel \"rolling\", but invalid kernel version \"rolling\": expected at least three components (major.minor.patch)"
         );
 
         c.container_image = None;

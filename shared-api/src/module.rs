@@ -49,7 +49,7 @@ fn is_false(b: &bool) -> bool {
 )]
 #[x_kube(
     cel,
-    validation = Rule::new("has(self.moduleLoader) || has(self.devicePlugin)").message("at least one of moduleLoader and devicePlugin must be set")
+    validation = Rule::new("!(has(self.dra) && has(self.devicePlugin))").message("spec.dra and spec.devicePlugin are mutually exclusive")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleSpec {
@@ -59,6 +59,11 @@ pub struct ModuleSpec {
     /// Runs a device plugin on the nodes where the module is loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_plugin: Option<DevicePluginSpec>,
+    /// A Dynamic Resource Allocation driver and its DeviceClasses (upstream KMM's field;
+    /// exclusive with `devicePlugin`). Accepted, validated and carried to the spokes; kmm-spoke
+    /// does not run DRA drivers yet and says so in the Module's conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dra: Option<DraSpec>,
     /// Secret with registry credentials, used to pull the kmod and device plugin images and, on
     /// the hub, to push built and signed images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,6 +73,10 @@ pub struct ModuleSpec {
     /// Taints of selected nodes that the worker and device plugin pods tolerate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// Raising this counter asks for the Module's images to be checked again and rebuilt and
+    /// re-signed where the Module builds or signs them (upstream KMM v2.6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_rebuild_trigger_generation: Option<i64>,
 }
 
 /// How the kernel module is loaded.
@@ -77,7 +86,11 @@ pub struct ModuleLoaderSpec {
     /// The module loader container.
     pub container: ModuleLoaderContainerSpec,
     /// ServiceAccount of the worker pods. Defaults per namespace (see the security section).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub service_account_name: Option<String>,
 }
 
@@ -85,17 +98,25 @@ pub struct ModuleLoaderSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(
     cel,
-    validation = Rule::new("has(self.version) == has(oldSelf.version)").message("version cannot be added or removed on update; recreate the Module to change between versioned and unversioned").reason(Reason::FieldValueForbidden)
+    validation = Rule::new("(has(self.version) && self.version != '') == (has(oldSelf.version) && oldSelf.version != '')").message("version cannot be added or removed on update; recreate the Module to change between versioned and unversioned").reason(Reason::FieldValueForbidden)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleLoaderContainerSpec {
     /// modprobe settings.
     pub modprobe: ModprobeSpec,
-    /// Version of the module, for ordered upgrades driven by node labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Version of the module, for ordered upgrades driven by node labels. `""` means unset.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub version: Option<String>,
-    /// Pull policy of the kmod image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Pull policy of the kmod image. `""` means unset.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::pull_policy"
+    )]
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// Default build instructions for kernel mappings that have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,24 +125,32 @@ pub struct ModuleLoaderContainerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sign: Option<Sign>,
     /// Default kmod image for kernel mappings that have none. Variables are substituted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub container_image: Option<String>,
     /// Deprecated: use `inTreeModulesToRemove`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub in_tree_module_to_remove: Option<String>,
     /// In-tree modules to unload before loading this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_tree_modules_to_remove: Option<Vec<String>>,
     /// Kernel versions this module supports; the first matching mapping wins.
-    #[serde(default)]
+    #[schemars(length(min = 1))]
     pub kernel_mappings: Vec<KernelMapping>,
     /// TLS options used to check whether the kmod image exists.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "registryTLS")]
     pub registry_tls: Option<TlsOptions>,
 }
 
-/// Image pull policy (same values as a container's).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+/// Image pull policy (same values as a container's; `""` in YAML means unset).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImagePullPolicy {
     /// Always pull.
     Always,
@@ -129,6 +158,22 @@ pub enum ImagePullPolicy {
     IfNotPresent,
     /// Never pull.
     Never,
+}
+
+impl JsonSchema for ImagePullPolicy {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ImagePullPolicy".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Upstream's schema takes any string here; we take the values a pod accepts, and `""`,
+        // which upstream's Go types write for "unset".
+        schemars::json_schema!({
+            "description": "Image pull policy: Always, IfNotPresent or Never (\"\" means unset).",
+            "type": "string",
+            "enum": ["Always", "IfNotPresent", "Never", ""]
+        })
+    }
 }
 
 impl ImagePullPolicy {
@@ -152,7 +197,11 @@ impl ImagePullPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct ModprobeSpec {
     /// Name of the kernel module to load.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub module_name: Option<String>,
     /// Parameters passed to modprobe when loading.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -167,7 +216,11 @@ pub struct ModprobeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw_args: Option<ModprobeArgs>,
     /// Directory in the image whose content is copied to the node's firmware directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub firmware_path: Option<String>,
     /// Soft dependencies: modules to load, the last first; the first entry is moduleName.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -189,13 +242,16 @@ impl Default for ModprobeSpec {
     }
 }
 
-/// modprobe arguments for loading and unloading.
+/// modprobe arguments for loading and unloading. In `args` either may be left out (upstream
+/// KMM's schema); `rawArgs` needs both, which validation checks.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ModprobeArgs {
     /// Arguments when loading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1))]
     pub load: Vec<String>,
     /// Arguments when unloading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(min = 1))]
     pub unload: Vec<String>,
 }
@@ -215,16 +271,32 @@ pub struct KernelMapping {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sign: Option<Sign>,
     /// kmod image for matching kernels. Variables are substituted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub container_image: Option<String>,
     /// Kernel version this mapping matches exactly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub literal: Option<String>,
-    /// Regular expression the kernel version must match.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Regular expression (Go RE2 syntax, as upstream) searched in the kernel version.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub regexp: Option<String>,
     /// Deprecated: use `inTreeModulesToRemove`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub in_tree_module_to_remove: Option<String>,
     /// In-tree modules to unload before loading this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -292,7 +364,11 @@ pub struct BuildArg {
 #[serde(rename_all = "camelCase")]
 pub struct Sign {
     /// Image with the unsigned modules; defaults to the built image, or containerImage itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub unsigned_image: Option<String>,
     /// TLS options for pulling the unsigned image.
     #[serde(
@@ -320,11 +396,108 @@ pub struct DevicePluginSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_container: Option<DevicePluginContainerSpec>,
     /// ServiceAccount of the device plugin pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
     pub service_account_name: Option<String>,
-    /// Volumes of the device plugin pods.
+    /// Volumes of the device plugin pods (`hostPath` only under /dev, /sys, /var, /opt or /run,
+    /// as upstream).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Whether the ServiceAccount token is mounted into the device plugin pods (the pod
+    /// default, true, when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+}
+
+/// A Dynamic Resource Allocation driver DaemonSet and the DeviceClasses it serves (upstream
+/// KMM's `DRASpec`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DraSpec {
+    /// The DRA driver container.
+    pub container: DevicePluginContainerSpec,
+    /// An init container run before the driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_container: Option<DevicePluginContainerSpec>,
+    /// ServiceAccount of the driver pods.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
+    pub service_account_name: Option<String>,
+    /// Volumes of the driver pods (`hostPath` only under /dev, /sys, /var, /opt or /run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Whether the ServiceAccount token is mounted into the driver pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+    /// The driver name registered with the kubelet (a DNS subdomain).
+    pub driver_name: String,
+    /// DeviceClasses managed for this driver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_classes: Vec<DeviceClassSpec>,
+}
+
+/// A DeviceClass managed on behalf of a Module.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceClassSpec {
+    /// Name of the cluster-scoped DeviceClass.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub name: String,
+    /// Which devices satisfy this class.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub selectors: Vec<DeviceSelector>,
+    /// Configuration passed to the driver for each device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub config: Vec<DeviceClassConfiguration>,
+}
+
+/// A device selector of a DeviceClass (`resource.k8s.io/v1` `DeviceSelector`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct DeviceSelector {
+    /// A CEL expression over the device's attributes and capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cel: Option<CelDeviceSelector>,
+}
+
+/// A CEL device selector.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct CelDeviceSelector {
+    /// The expression; it must evaluate to a bool.
+    pub expression: String,
+}
+
+/// Configuration of a DeviceClass (`resource.k8s.io/v1` `DeviceClassConfiguration`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct DeviceClassConfiguration {
+    /// Driver-specific parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opaque: Option<OpaqueDeviceConfiguration>,
+}
+
+/// Driver-specific configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct OpaqueDeviceConfiguration {
+    /// The driver the parameters are for.
+    pub driver: String,
+    /// Parameters in the driver's own format, kept as written.
+    #[schemars(schema_with = "free_form_object")]
+    pub parameters: serde_json::Value,
+}
+
+/// An object the API server stores as written (`x-kubernetes-preserve-unknown-fields`).
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// A container of the device plugin pod.
@@ -343,7 +516,11 @@ pub struct DevicePluginContainerSpec {
     /// Image of the container.
     pub image: String,
     /// Pull policy of the image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::pull_policy"
+    )]
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// Resources of the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -360,9 +537,15 @@ pub struct ModuleStatus {
     /// Device plugin pods.
     #[serde(default)]
     pub device_plugin: DaemonSetStatus,
+    /// DRA driver pods (upstream's field; kmm-spoke does not run DRA drivers yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dra: Option<DaemonSetStatus>,
     /// Module loading.
     #[serde(default)]
     pub module_loader: DaemonSetStatus,
+    /// The last `spec.imageRebuildTriggerGeneration` acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_rebuild_trigger_generation: Option<i64>,
     /// Conditions: `Progressing`, `Available`, `Degraded` and the reason for each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

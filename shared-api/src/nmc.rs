@@ -62,13 +62,19 @@ pub struct NodeModuleSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleConfig {
-    /// Kernel version the image was resolved for (normalised, without a trailing `+`).
+    /// Kernel release the image was resolved for, as the node reports it (the worker loads from
+    /// `<dirName>/lib/modules/<this>`).
     pub kernel_version: String,
     /// kmod image, with variables already substituted.
     pub container_image: String,
     /// Pull policy of the kmod image. Upstream KMM writes `""` for a Module without one; that
     /// reads as unset.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "empty_is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::pull_policy"
+    )]
+    #[schemars(extend("default" = "IfNotPresent"))]
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// Pull over plain HTTP.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -79,16 +85,18 @@ pub struct ModuleConfig {
     /// In-tree modules to unload before loading.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub in_tree_modules_to_remove: Vec<String>,
+    /// Deprecated single form of `inTreeModulesToRemove`, as upstream KMM still writes it for
+    /// Modules that use it; we never write it, but keep and honour it (see
+    /// [`ModuleConfig::in_tree_modules`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::optional::empty_string"
+    )]
+    pub in_tree_module_to_remove: Option<String>,
     /// modprobe settings.
     #[schemars(schema_with = "modprobe_without_rules")]
     pub modprobe: ModprobeSpec,
-}
-
-fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ImagePullPolicy>, D::Error> {
-    match Option::<String>::deserialize(d)?.as_deref() {
-        None | Some("") => Ok(None),
-        Some(v) => ImagePullPolicy::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(v)).map(Some),
-    }
 }
 
 impl ModuleConfig {
@@ -100,8 +108,20 @@ impl ModuleConfig {
     pub fn same_load(&self, other: &ModuleConfig) -> bool {
         self.kernel_version == other.kernel_version
             && self.container_image == other.container_image
-            && self.in_tree_modules_to_remove == other.in_tree_modules_to_remove
+            && self.in_tree_modules() == other.in_tree_modules()
             && self.modprobe == other.modprobe
+    }
+
+    /// The in-tree modules to unload first: the list, or else the deprecated single entry
+    /// (upstream's webhook refuses Modules that set both).
+    pub fn in_tree_modules(&self) -> Vec<&str> {
+        match (
+            &self.in_tree_modules_to_remove[..],
+            self.in_tree_module_to_remove.as_deref(),
+        ) {
+            ([], Some(one)) => vec![one],
+            (list, _) => list.iter().map(String::as_str).collect(),
+        }
     }
 }
 
@@ -187,5 +207,20 @@ mod same_load_tests {
             "kernelVersion": "k", "containerImage": "i", "imagePullPolicy": "Sometimes", "modprobe": {"moduleName": "m"}
         }));
         assert!(bad.is_err(), "an unknown pull policy is still refused");
+    }
+
+    #[test]
+    fn the_deprecated_single_in_tree_module_is_kept_and_honoured() {
+        let cfg: ModuleConfig = serde_json::from_value(serde_json::json!({
+            "kernelVersion": "k", "containerImage": "i", "inTreeModuleToRemove": "old_drv",
+            "modprobe": {"moduleName": "m"}
+        }))
+        .unwrap();
+        assert_eq!(cfg.in_tree_modules(), ["old_drv"]);
+        assert_eq!(serde_json::to_value(&cfg).unwrap()["inTreeModuleToRemove"], "old_drv");
+        let mut ours = cfg.clone();
+        ours.in_tree_module_to_remove = None;
+        ours.in_tree_modules_to_remove = vec!["old_drv".into()];
+        assert!(ours.same_load(&cfg), "the two spellings unload the same module");
     }
 }

@@ -7,17 +7,27 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use regex::Regex;
+use k8s_openapi::api::core::v1::{Toleration, Volume};
 
+use crate::goregex::GoRegex;
 use crate::image::{ImageRef, check_reference};
 use crate::labels;
 use crate::mcm::ManagedClusterModule;
 use crate::module::{
-    Build, DevicePluginSpec, KUBELET_DEVICE_PLUGINS_DIR, KUBELET_DEVICE_PLUGINS_VOLUME, ModprobeArgs, Module,
-    ModuleLoaderContainerSpec, ModuleSpec, Sign,
+    Build, DevicePluginContainerSpec, DraSpec, KUBELET_DEVICE_PLUGINS_DIR, KUBELET_DEVICE_PLUGINS_VOLUME, ModprobeArgs,
+    Module, ModuleLoaderContainerSpec, ModuleSpec, Sign,
 };
-use crate::preflight::PreflightValidation;
-use crate::vars::check_references;
+use crate::preflight::PreflightValidationSpec;
+use crate::vars::{Template, unknown_references};
+
+/// Upstream KMM's limit on the length of a Module's name plus its namespace: the longest label
+/// key it derives from them (`kmm.node.kubernetes.io/version-schedule-pod.<ns>.<name>` style
+/// keys) must fit the 63 characters of a label name.
+pub const MAX_NAME_AND_NAMESPACE: usize = 41;
+
+/// Where device plugin and DRA driver pods may mount host paths (upstream KMM's list): a plugin
+/// that mounts `/` or `/etc` owns the node.
+pub const ALLOWED_HOST_PATH_PREFIXES: [&str; 5] = ["/dev", "/sys", "/var", "/opt", "/run"];
 
 /// One rejected field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,22 +73,40 @@ impl ValidationErrors {
     }
 }
 
+/// What is accepted but probably not meant (an unknown template variable, which expands to
+/// nothing; a Module with no kernel mapping): admission returns these as warnings, which kubectl
+/// prints, and the controllers put them into a condition.
+pub type Warnings = Vec<FieldError>;
+
 #[derive(Default)]
-struct Errors(Vec<FieldError>);
+struct Errors {
+    errors: Vec<FieldError>,
+    warnings: Warnings,
+}
 
 impl Errors {
     fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(FieldError {
+        self.errors.push(FieldError {
             field: field.into(),
             reason: reason.into(),
         });
     }
 
-    fn finish(self, object: String) -> Result<(), ValidationErrors> {
-        if self.0.is_empty() {
-            Ok(())
+    fn warn(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.warnings.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn finish(self, object: String) -> Result<Warnings, ValidationErrors> {
+        if self.errors.is_empty() {
+            Ok(self.warnings)
         } else {
-            Err(ValidationErrors { object, errors: self.0 })
+            Err(ValidationErrors {
+                object,
+                errors: self.errors,
+            })
         }
     }
 }
@@ -87,7 +115,7 @@ impl Errors {
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Validates a Module (creation, or any update: combine with [`validate_module_update`]).
-pub fn validate_module(module: &Module) -> Result<(), ValidationErrors> {
+pub fn validate_module(module: &Module) -> Result<Warnings, ValidationErrors> {
     let name = module.metadata.name.as_deref().unwrap_or_default();
     let namespace = module.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let mut e = Errors::default();
@@ -96,7 +124,7 @@ pub fn validate_module(module: &Module) -> Result<(), ValidationErrors> {
 }
 
 /// Validates an update of a Module: the new object, and the rules that compare it to the old one.
-pub fn validate_module_update(old: &Module, new: &Module) -> Result<(), ValidationErrors> {
+pub fn validate_module_update(old: &Module, new: &Module) -> Result<Warnings, ValidationErrors> {
     let name = new.metadata.name.as_deref().unwrap_or_default();
     let namespace = new.metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let mut e = Errors::default();
@@ -107,7 +135,7 @@ pub fn validate_module_update(old: &Module, new: &Module) -> Result<(), Validati
 
 /// Validates a ManagedClusterModule: its own fields and its Module spec as the spokes will get it
 /// (named after the MCM, in `spokeNamespace`).
-pub fn validate_mcm(mcm: &ManagedClusterModule) -> Result<(), ValidationErrors> {
+pub fn validate_mcm(mcm: &ManagedClusterModule) -> Result<Warnings, ValidationErrors> {
     let name = mcm.metadata.name.as_deref().unwrap_or_default();
     let mut e = Errors::default();
     mcm_spec(&mut e, name, mcm);
@@ -115,7 +143,10 @@ pub fn validate_mcm(mcm: &ManagedClusterModule) -> Result<(), ValidationErrors> 
 }
 
 /// Validates an update of a ManagedClusterModule.
-pub fn validate_mcm_update(old: &ManagedClusterModule, new: &ManagedClusterModule) -> Result<(), ValidationErrors> {
+pub fn validate_mcm_update(
+    old: &ManagedClusterModule,
+    new: &ManagedClusterModule,
+) -> Result<Warnings, ValidationErrors> {
     let name = new.metadata.name.as_deref().unwrap_or_default();
     let mut e = Errors::default();
     mcm_spec(&mut e, name, new);
@@ -133,11 +164,10 @@ pub fn validate_mcm_update(old: &ManagedClusterModule, new: &ManagedClusterModul
     e.finish(format!("ManagedClusterModule {name}"))
 }
 
-/// Validates a PreflightValidation.
-pub fn validate_preflight(pv: &PreflightValidation) -> Result<(), ValidationErrors> {
-    let name = pv.metadata.name.as_deref().unwrap_or_default();
+/// Validates a PreflightValidation (either version: they share the spec) named `name`.
+pub fn validate_preflight(name: &str, spec: &PreflightValidationSpec) -> Result<Warnings, ValidationErrors> {
     let mut e = Errors::default();
-    if let Err(reason) = check_kernel_version(&pv.spec.kernel_version) {
+    if let Err(reason) = check_kernel_version(&spec.kernel_version) {
         e.push("spec.kernelVersion", reason);
     }
     e.finish(format!("PreflightValidation {name}"))
@@ -159,11 +189,13 @@ pub fn check_kernel_version(kernel: &str) -> Result<(), String> {
             "{kernel:?} contains {c:?}; a kernel version is like 6.1.0-28-amd64"
         ));
     }
-    if crate::kernel::xyz(kernel).is_none() && !kernel.starts_with(|c: char| c.is_ascii_digit()) {
+    if !kernel.starts_with(|c: char| c.is_ascii_digit()) {
         return Err(format!(
             "{kernel:?} does not start with a version number; a kernel version is like 6.1.0-28-amd64"
         ));
     }
+    // As upstream: a kernel must give the three components templates are made from.
+    crate::kernel::components(kernel).map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -205,15 +237,34 @@ fn selector(e: &mut Errors, field: &str, sel: &std::collections::BTreeMap<String
 
 fn module_spec(e: &mut Errors, root: &str, name: &str, namespace: &str, spec: &ModuleSpec) {
     selector(e, &format!("{root}.selector"), &spec.selector);
-    if spec.module_loader.is_none() && spec.device_plugin.is_none() {
-        e.push(root, "at least one of moduleLoader and devicePlugin must be set");
+    if spec.module_loader.is_none() && spec.device_plugin.is_none() && spec.dra.is_none() {
+        // Upstream accepts it (its hub documentation shows one); it does nothing.
+        e.warn(
+            root,
+            "sets none of moduleLoader, devicePlugin and dra, so it does nothing",
+        );
+    }
+    if spec.dra.is_some() && spec.device_plugin.is_some() {
+        e.push(
+            format!("{root}.dra"),
+            "spec.dra and spec.devicePlugin are mutually exclusive",
+        );
     }
     if let Some(s) = &spec.image_repo_secret
         && s.name.is_empty()
     {
         e.push(format!("{root}.imageRepoSecret.name"), "must not be empty");
     }
-    let mut versioned = false;
+    let length = name.len() + namespace.len();
+    if length > MAX_NAME_AND_NAMESPACE {
+        e.push(
+            "metadata.name",
+            format!(
+                "name {name:?} and namespace {namespace:?} have a combined length of {length} characters; the limit is {MAX_NAME_AND_NAMESPACE}, as in upstream KMM, so that the node labels derived from them fit"
+            ),
+        );
+    }
+    tolerations(e, &format!("{root}.tolerations"), &spec.tolerations);
     if let Some(loader) = &spec.module_loader {
         let at = format!("{root}.moduleLoader");
         service_account(
@@ -222,38 +273,170 @@ fn module_spec(e: &mut Errors, root: &str, name: &str, namespace: &str, spec: &M
             loader.service_account_name.as_deref(),
         );
         container(e, &format!("{at}.container"), &loader.container);
-        versioned = loader.container.version.is_some();
     }
     if let Some(dp) = &spec.device_plugin {
         let at = format!("{root}.devicePlugin");
-        if dp.container.image.is_empty() {
-            e.push(format!("{at}.container.image"), "is required");
-        }
-        if let Some(init) = &dp.init_container
-            && init.image.is_empty()
-        {
-            e.push(format!("{at}.initContainer.image"), "is required");
-        }
+        pod_containers(e, &at, &dp.container, dp.init_container.as_ref());
         service_account(
             e,
             &format!("{at}.serviceAccountName"),
             dp.service_account_name.as_deref(),
         );
-        device_plugin_volumes(e, &at, dp);
+        host_paths(e, &at, &dp.volumes);
+        device_plugin_volumes(e, &at, &dp.volumes, &dp.container, dp.init_container.as_ref());
     }
-    if let Err(err) = labels::module_node_label_keys(namespace, name, spec.device_plugin.is_some(), versioned) {
+    if let Some(dra) = &spec.dra {
+        dra_spec(e, &format!("{root}.dra"), dra);
+    }
+}
+
+fn pod_containers(
+    e: &mut Errors,
+    at: &str,
+    container: &DevicePluginContainerSpec,
+    init: Option<&DevicePluginContainerSpec>,
+) {
+    if container.image.is_empty() {
+        e.push(format!("{at}.container.image"), "is required");
+    }
+    if let Some(init) = init
+        && init.image.is_empty()
+    {
+        e.push(format!("{at}.initContainer.image"), "is required");
+    }
+}
+
+fn dra_spec(e: &mut Errors, at: &str, dra: &DraSpec) {
+    pod_containers(e, at, &dra.container, dra.init_container.as_ref());
+    service_account(
+        e,
+        &format!("{at}.serviceAccountName"),
+        dra.service_account_name.as_deref(),
+    );
+    host_paths(e, at, &dra.volumes);
+    if dra.driver_name.is_empty() {
+        e.push(format!("{at}.driverName"), "is required");
+    } else if let Err(r) = labels::check_dns_subdomain(&dra.driver_name) {
         e.push(
-            "metadata.name",
-            format!("name {name:?} in namespace {namespace:?} is too long for the node labels KMM sets: {err}"),
+            format!("{at}.driverName"),
+            format!("{:?} is not a valid DNS subdomain: it {r}", dra.driver_name),
         );
+    }
+    let mut seen = HashSet::new();
+    for (i, dc) in dra.device_classes.iter().enumerate() {
+        let field = format!("{at}.deviceClasses[{i}].name");
+        if dc.name.is_empty() {
+            e.push(field, "is required");
+        } else if let Err(r) = labels::check_dns_subdomain(&dc.name) {
+            e.push(field, format!("{:?} is not a valid DNS subdomain: it {r}", dc.name));
+        } else if !seen.insert(dc.name.as_str()) {
+            e.push(field, format!("{:?} is a duplicate", dc.name));
+        }
+    }
+}
+
+/// Upstream's rule for device plugin and DRA driver volumes.
+fn host_paths(e: &mut Errors, at: &str, volumes: &[Volume]) {
+    for (i, v) in volumes.iter().enumerate() {
+        let Some(hp) = &v.host_path else { continue };
+        let clean = clean_path(&hp.path);
+        let allowed = ALLOWED_HOST_PATH_PREFIXES
+            .iter()
+            .any(|p| clean == *p || clean.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')));
+        if !allowed {
+            e.push(
+                format!("{at}.volumes[{i}].hostPath.path"),
+                format!(
+                    "{:?} is not allowed; only paths under {} are, as in upstream KMM",
+                    hp.path,
+                    ALLOWED_HOST_PATH_PREFIXES.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Go's `filepath.Clean` for absolute paths: `.` and empty segments dropped, `..` applied (never
+/// above `/`). A relative path cleans to something that starts with no `/`, which no allowed
+/// prefix matches.
+fn clean_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    if path.starts_with('/') {
+        format!("/{}", parts.join("/"))
+    } else {
+        parts.join("/")
+    }
+}
+
+/// Upstream's toleration rules (the API server's own, checked here so the Module is refused
+/// rather than every worker pod).
+fn tolerations(e: &mut Errors, at: &str, tolerations: &[Toleration]) {
+    for (i, t) in tolerations.iter().enumerate() {
+        let field = format!("{at}[{i}]");
+        let key = t.key.as_deref().unwrap_or_default();
+        let op = t.operator.as_deref().unwrap_or_default();
+        let value = t.value.as_deref().unwrap_or_default();
+        let effect = t.effect.as_deref().unwrap_or_default();
+        if !key.is_empty()
+            && let Err(r) = labels::check_qualified_name(key)
+        {
+            e.push(format!("{field}.key"), format!("{key:?} is not a valid key: {r}"));
+        }
+        if key.is_empty() && op != "Exists" {
+            e.push(format!("{field}.operator"), "must be Exists when key is empty");
+        }
+        if t.toleration_seconds.is_some() && effect != "NoExecute" {
+            e.push(
+                format!("{field}.effect"),
+                "must be NoExecute when tolerationSeconds is set",
+            );
+        }
+        match op {
+            "" | "Equal" => {
+                if let Err(err) = labels::label_value(value) {
+                    e.push(format!("{field}.value"), err.to_string());
+                }
+            }
+            "Exists" if !value.is_empty() => {
+                e.push(format!("{field}.value"), "must be empty when operator is Exists");
+            }
+            "Exists" => {}
+            other => e.push(
+                format!("{field}.operator"),
+                format!("{other:?} is not a valid operator; allowed values are Equal and Exists"),
+            ),
+        }
+        if !matches!(effect, "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            e.push(
+                format!("{field}.effect"),
+                format!(
+                    "{effect:?} is not a valid effect; allowed values are NoSchedule, PreferNoSchedule and NoExecute"
+                ),
+            );
+        }
     }
 }
 
 /// The volumes and mounts of the device plugin pod, which the API server would otherwise refuse
 /// only when the DaemonSet is applied, far from the Module.
-fn device_plugin_volumes(e: &mut Errors, at: &str, dp: &DevicePluginSpec) {
+fn device_plugin_volumes(
+    e: &mut Errors,
+    at: &str,
+    volumes: &[Volume],
+    container: &DevicePluginContainerSpec,
+    init: Option<&DevicePluginContainerSpec>,
+) {
     let mut names = HashSet::from([KUBELET_DEVICE_PLUGINS_VOLUME]);
-    for (i, v) in dp.volumes.iter().enumerate() {
+    for (i, v) in volumes.iter().enumerate() {
         let field = format!("{at}.volumes[{i}].name");
         if v.name == KUBELET_DEVICE_PLUGINS_VOLUME {
             e.push(
@@ -269,10 +452,7 @@ fn device_plugin_volumes(e: &mut Errors, at: &str, dp: &DevicePluginSpec) {
             e.push(field, format!("{:?} is used by another volume", v.name));
         }
     }
-    let containers = [
-        ("container", Some(&dp.container)),
-        ("initContainer", dp.init_container.as_ref()),
-    ];
+    let containers = [("container", Some(container)), ("initContainer", init)];
     for (which, c) in containers {
         let Some(c) = c else { continue };
         let mut paths = HashSet::new();
@@ -336,7 +516,7 @@ fn container(e: &mut Errors, at: &str, c: &ModuleLoaderContainerSpec) {
     if let Some(n) = module_name
         && let Some(ch) = n
             .chars()
-            .find(|ch| !(ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-')))
+            .find(|ch| !(ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.')))
     {
         e.push(
             format!("{mp}.moduleName"),
@@ -344,10 +524,10 @@ fn container(e: &mut Errors, at: &str, c: &ModuleLoaderContainerSpec) {
         );
     }
     if let Some(raw) = &m.raw_args {
-        modprobe_args(e, &format!("{mp}.rawArgs"), raw);
-    }
-    if let Some(args) = &m.args {
-        modprobe_args(e, &format!("{mp}.args"), args);
+        // Without moduleName these are the whole command lines, so both are needed (upstream:
+        // "load and unload rawArgs must be set when moduleName is unset"); `args` only adds to
+        // modprobe's, so either may be missing.
+        raw_args(e, &format!("{mp}.rawArgs"), raw);
     }
     if let Err(r) = absolute_clean(&m.dir_name) {
         e.push(format!("{mp}.dirName"), r);
@@ -379,15 +559,19 @@ fn container(e: &mut Errors, at: &str, c: &ModuleLoaderContainerSpec) {
             None => e.push(field, "needs moduleName, which must be its first entry"),
         }
     }
-    if let Some(v) = &c.version {
-        if v.is_empty() {
-            e.push(format!("{at}.version"), "must not be empty when set");
-        } else if let Err(err) = labels::label_value(v) {
-            e.push(format!("{at}.version"), format!("is used as a node label value: {err}"));
-        }
+    if let Some(v) = &c.version
+        && let Err(err) = labels::label_value(v)
+    {
+        e.push(format!("{at}.version"), format!("is used as a node label value: {err}"));
     }
+    let container_in_tree = in_tree_fields(
+        e,
+        at,
+        c.in_tree_modules_to_remove.is_some(),
+        c.in_tree_module_to_remove.is_some(),
+    );
     if let Some(img) = c.container_image.as_deref().filter(|i| !i.is_empty()) {
-        image(e, &format!("{at}.containerImage"), img);
+        image(e, &format!("{at}.containerImage"), Template::Image, img);
     }
     if let Some(b) = &c.build {
         build(e, &format!("{at}.build"), b);
@@ -415,16 +599,29 @@ fn container(e: &mut Errors, at: &str, c: &ModuleLoaderContainerSpec) {
             _ => {}
         }
         if let Some(p) = regexp
-            && let Err(err) = Regex::new(p)
+            && let Err(err) = GoRegex::new(p)
         {
-            let msg = err.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
             e.push(
                 format!("{at_m}.regexp"),
-                format!("{p:?} is not a valid regular expression: {msg}"),
+                format!("{p:?} is not a valid regular expression: {err}"),
+            );
+        }
+        let mapping_in_tree = in_tree_fields(
+            e,
+            &at_m,
+            km.in_tree_modules_to_remove.is_some(),
+            km.in_tree_module_to_remove.is_some(),
+        );
+        if let (Some(outer), Some(inner)) = (container_in_tree, mapping_in_tree)
+            && outer != inner
+        {
+            e.push(
+                at_m.clone(),
+                format!("uses {inner} while {at} uses {outer}; use inTreeModulesToRemove in both"),
             );
         }
         match km.container_image.as_deref().filter(|s| !s.is_empty()) {
-            Some(img) => image(e, &format!("{at_m}.containerImage"), img),
+            Some(img) => image(e, &format!("{at_m}.containerImage"), Template::Image, img),
             None if !container_has_image => e.push(
                 format!("{at_m}.containerImage"),
                 format!("is required when {at}.containerImage is not set"),
@@ -440,7 +637,7 @@ fn container(e: &mut Errors, at: &str, c: &ModuleLoaderContainerSpec) {
     }
 }
 
-fn modprobe_args(e: &mut Errors, at: &str, args: &ModprobeArgs) {
+fn raw_args(e: &mut Errors, at: &str, args: &ModprobeArgs) {
     if args.load.is_empty() {
         e.push(format!("{at}.load"), "must not be empty");
     }
@@ -449,9 +646,46 @@ fn modprobe_args(e: &mut Errors, at: &str, args: &ModprobeArgs) {
     }
 }
 
-fn image(e: &mut Errors, field: &str, img: &str) {
-    if let Err(err) = check_references(img) {
-        e.push(field, format!("{img:?}: {err}"));
+/// Which of the two in-tree fields a container or mapping uses (upstream refuses both at once);
+/// `None` when neither.
+fn in_tree_fields(e: &mut Errors, at: &str, list: bool, single: bool) -> Option<&'static str> {
+    match (list, single) {
+        (true, true) => {
+            e.push(
+                format!("{at}.inTreeModuleToRemove"),
+                "cannot be set together with inTreeModulesToRemove; keep only inTreeModulesToRemove",
+            );
+            None
+        }
+        (true, false) => Some("inTreeModulesToRemove"),
+        (false, true) => Some("inTreeModuleToRemove"),
+        (false, false) => None,
+    }
+}
+
+/// Warns about variables `text` uses that its kind of template does not get (they expand to
+/// nothing, as upstream); refuses text that is not valid envsubst syntax.
+fn template(e: &mut Errors, field: &str, kind: Template, text: &str) -> bool {
+    match unknown_references(kind, text) {
+        Ok(unknown) => {
+            for name in unknown {
+                let known = kind.variables().join(", ");
+                e.warn(
+                    field,
+                    format!("{text:?} uses ${{{name}}}, which is not defined here and expands to nothing; known variables are {known}"),
+                );
+            }
+            true
+        }
+        Err(err) => {
+            e.push(field, format!("{text:?}: {err}"));
+            false
+        }
+    }
+}
+
+fn image(e: &mut Errors, field: &str, kind: Template, img: &str) {
+    if !template(e, field, kind, img) {
         return;
     }
     if let Err(r) = check_reference(img) {
@@ -498,7 +732,7 @@ fn sign(e: &mut Errors, at: &str, s: &Sign, dir_name: &str) {
         }
     }
     if let Some(u) = s.unsigned_image.as_deref().filter(|u| !u.is_empty()) {
-        image(e, &format!("{at}.unsignedImage"), u);
+        image(e, &format!("{at}.unsignedImage"), Template::Sign, u);
     }
     if s.files_to_sign.is_empty() {
         e.push(format!("{at}.filesToSign"), "must list at least one module file");
@@ -506,9 +740,10 @@ fn sign(e: &mut Errors, at: &str, s: &Sign, dir_name: &str) {
     let dir = dir_name.trim_end_matches('/');
     for (i, f) in s.files_to_sign.iter().enumerate() {
         let field = format!("{at}.filesToSign[{i}]");
-        if let Err(err) = check_references(f) {
-            e.push(field, format!("{f:?}: {err}"));
-        } else if let Err(r) = absolute_clean(f) {
+        if !template(e, &field, Template::Sign, f) {
+            continue;
+        }
+        if let Err(r) = absolute_clean(f) {
             e.push(field, r);
         } else if !f.starts_with(&format!("{dir}/")) {
             e.push(
@@ -680,8 +915,29 @@ mod tests {
         assert_eq!(err.field, format!("{C}.kernelMappings[0].containerImage"));
         assert!(err.reason.contains("must carry a tag or a digest"), "{}", err.reason);
 
+        // Unknown variables expand to nothing, as upstream: a warning, not a refusal.
         container(&mut m).kernel_mappings[0].container_image = Some("r/m:${KERNEL_FULL}".into());
-        assert!(only_error(&m).reason.contains("unknown variable ${KERNEL_FULL}"));
+        let warnings = validate_module(&m).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].field, format!("{C}.kernelMappings[0].containerImage"));
+        assert!(
+            warnings[0]
+                .reason
+                .contains("uses ${KERNEL_FULL}, which is not defined here")
+        );
+        // Sign templates do not get the Module's variables (upstream's getRelevantSign).
+        container(&mut m).kernel_mappings[0].container_image = Some("r/m:${MOD_NAME}".into());
+        assert!(validate_module(&m).unwrap().is_empty());
+        container(&mut m).sign = Some(Sign {
+            key_secret: Some(LocalObjectReference { name: "k".into() }),
+            cert_secret: Some(LocalObjectReference { name: "c".into() }),
+            files_to_sign: vec!["/opt/lib/modules/${KERNEL_FULL_VERSION}/${MOD_NAME}.ko".into()],
+            ..Default::default()
+        });
+        let warnings = validate_module(&m).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].field, format!("{C}.sign.filesToSign[0]"));
+        container(&mut m).sign = None;
 
         container(&mut m).kernel_mappings[0].container_image =
             Some("r/m@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into());
@@ -838,27 +1094,27 @@ mod tests {
     }
 
     #[test]
-    fn names_must_fit_the_node_labels() {
-        // <ns>.<name>.ready allows 56 characters for both; versioned Modules need room for
-        // <ns>.<name>.version.ready (48) and the upgrade labels (41).
-        let m = module(&"m".repeat(40), &"n".repeat(16));
+    fn name_and_namespace_fit_in_41_characters_always() {
+        // Upstream's limit, versioned or not: the longest node label KMM derives from them
+        // (the ordered-upgrade ones) must fit, and every shorter one then fits too.
+        let m = module(&"m".repeat(25), &"n".repeat(16));
         validate_module(&m).unwrap();
-        let err = only_error(&module(&"m".repeat(41), &"n".repeat(16)));
-        assert_eq!(err.field, "metadata.name");
-        assert!(
-            err.reason.contains("may be at most 56 characters here, they are 57"),
-            "{}",
-            err.reason
-        );
         let mut versioned = m.clone();
         container(&mut versioned).version = Some("1".into());
-        let err = only_error(&versioned);
-        assert!(err.reason.contains("version.ready"), "{}", err.reason);
-        assert!(
-            err.reason.contains("may be at most 48 characters here, they are 56"),
-            "{}",
-            err.reason
-        );
+        validate_module(&versioned).unwrap();
+        for long in [module(&"m".repeat(26), &"n".repeat(16)), {
+            let mut v = module(&"m".repeat(26), &"n".repeat(16));
+            container(&mut v).version = Some("1".into());
+            v
+        }] {
+            let err = only_error(&long);
+            assert_eq!(err.field, "metadata.name");
+            assert!(
+                err.reason.contains("combined length of 42 characters; the limit is 41"),
+                "{}",
+                err.reason
+            );
+        }
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub fn plan(mcm: &ManagedClusterModule, clusters: &[Arc<ManagedCluster>]) -> Mcm
         let kernels = c.kernel_versions().map(|k| {
             let set: BTreeSet<String> = k
                 .iter()
-                .map(|k| shared_api::kernel::normalize(k).to_owned())
+                .map(|k| shared_api::kernel::release(k).to_owned())
                 .filter(|k| !k.is_empty())
                 .collect();
             set.into_iter().collect::<Vec<_>>()
@@ -255,11 +255,11 @@ pub(crate) mod tests {
             [
                 "reg.local/kmm/kmm-ci:6.1.0-1",
                 "reg.local/kmm/kmm-ci:6.1.0-2",
-                "reg.local/kmm/kmm-ci:6.1.0-3"
+                "reg.local/kmm/kmm-ci:6.1.0-3_"
             ]
         );
-        // The trailing + is gone from the kernel used everywhere.
-        assert!(p.kernels.contains_key("6.1.0-3"));
+        // The kernel stays as the node reports it; templates get it normalised, as upstream.
+        assert!(p.kernels.contains_key("6.1.0-3+"));
     }
 
     #[test]

@@ -209,6 +209,36 @@ mod tests {
     }
 
     #[test]
+    fn dra_and_the_rebuild_trigger_reach_the_spoke_as_written() {
+        let mut m = mcm(vec![regexp(".*", "reg.local/kmm/m:${KERNEL_FULL_VERSION}")]);
+        m.spec.module_spec.image_rebuild_trigger_generation = Some(3);
+        m.spec.module_spec.dra = Some(serde_json::from_value(serde_json::json!({
+            "driverName": "gpu.example.com",
+            "container": {"image": "reg.local/dra/driver:v1"},
+            "automountServiceAccountToken": false,
+            "deviceClasses": [{
+                "name": "gpu.example.com",
+                "selectors": [{"cel": {"expression": "device.driver == 'gpu.example.com'"}}],
+                "config": [{"opaque": {"driver": "gpu.example.com", "parameters": {"sharing": {"strategy": "TimeSlicing"}}}}]
+            }]
+        }))
+        .unwrap());
+        let k = kernel("6.1.0", TlsOptions::default());
+        let mw = manifest_work(&m, "spoke-a", &[PinnedKernel { kernel: &k, pinned: DA }]);
+        let sent = &mw.spec.workload.manifests[0]["spec"];
+        assert_eq!(sent["imageRebuildTriggerGeneration"], 3);
+        assert_eq!(
+            sent["dra"],
+            serde_json::to_value(m.spec.module_spec.dra.as_ref().unwrap()).unwrap(),
+            "the DRA spec, free-form parameters included, is carried unchanged"
+        );
+        assert_eq!(
+            sent["dra"]["deviceClasses"][0]["config"][0]["opaque"]["parameters"]["sharing"]["strategy"],
+            "TimeSlicing"
+        );
+    }
+
+    #[test]
     fn renders_one_module_with_pinned_literal_mappings_and_no_build_or_sign() {
         let mut m = mcm(vec![regexp(".*", "reg.local/kmm/m:${KERNEL_FULL_VERSION}")]);
         let c = &mut m.spec.module_spec.module_loader.as_mut().unwrap().container;

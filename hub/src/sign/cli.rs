@@ -109,11 +109,29 @@ impl ImageArgs {
             }
             return Ok((self.from.clone(), self.to.clone(), self.files.clone()));
         };
-        let vars = shared_api::vars::Variables::new(kernel, &self.module_name, &self.module_namespace);
-        let sub = |v: &String| {
-            vars.substitute(v).map_err(|e| CliError::Variables {
-                value: v.clone(),
+        use shared_api::vars::{Template, Variables};
+        let vars =
+            Variables::new(kernel, &self.module_name, &self.module_namespace).map_err(|e| CliError::Variables {
+                value: kernel.clone(),
                 reason: e.to_string(),
+            })?;
+        // Every variable is given (this command has --module-name); unlike in a Module, where an
+        // unknown one is only warned about, a typo here is an error: nobody reads warnings of a
+        // one-off command.
+        let sub = |v: &String| {
+            let reason = match shared_api::vars::unknown_references(Template::Image, v) {
+                Ok(unknown) if unknown.is_empty() => {
+                    return vars.substitute(Template::Image, v).map_err(|e| e.to_string());
+                }
+                Ok(unknown) => format!("unknown variable(s) {}", unknown.join(", ")),
+                Err(e) => e.to_string(),
+            };
+            Err(reason)
+        };
+        let sub = |v: &String| {
+            sub(v).map_err(|reason| CliError::Variables {
+                value: v.clone(),
+                reason,
             })
         };
         Ok((
@@ -337,9 +355,10 @@ mod tests {
             "kmm_ci_a",
         ]);
         let (from, to, files) = a.substituted().unwrap();
-        assert_eq!(from, "r/x:6.1.0-56-amd64-unsigned");
-        assert_eq!(to, "r/x:6.1.0-56-amd64");
-        assert_eq!(files, ["/opt/lib/modules/6.1.0-56-amd64/kmm_ci_a.ko"]);
+        // `+` becomes `_`, as upstream normalises kernels for templates.
+        assert_eq!(from, "r/x:6.1.0-56-amd64_-unsigned");
+        assert_eq!(to, "r/x:6.1.0-56-amd64_");
+        assert_eq!(files, ["/opt/lib/modules/6.1.0-56-amd64_/kmm_ci_a.ko"]);
 
         let a = image(&["--from", "r/x:1", "--to", "r/x:2", "--file", "/m/${KERNEL_X}.ko"]);
         let e = a.substituted().unwrap_err().to_string();

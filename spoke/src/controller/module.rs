@@ -395,14 +395,34 @@ fn set_conditions(status: &mut ModuleStatus, plan: &ModulePlan, generation: Opti
             plan.needs_hub.join(", ")
         ));
     }
+    problems.extend(plan.unsupported.iter().cloned());
     problems.truncate(10);
     let (reason, message) = if problems.is_empty() {
         ("AsExpected", String::new())
     } else if !plan.needs_hub.is_empty() {
         ("NeedsHub", problems.join("; "))
+    } else if problems.len() == plan.unsupported.len() {
+        ("NotSupported", problems.join("; "))
     } else {
         ("NoKernelMapping", problems.join("; "))
     };
+    // Accepted, but probably not what was meant: said where `kubectl describe` shows it, as the
+    // admission webhook said it to whoever applied the Module.
+    conditions::set(
+        &mut status.conditions,
+        Wanted {
+            type_: conditions::SPEC_WARNINGS,
+            status: !plan.warnings.is_empty(),
+            reason: if plan.warnings.is_empty() {
+                "AsExpected"
+            } else {
+                "AcceptedWithWarnings"
+            },
+            message: plan.warnings.iter().take(10).cloned().collect::<Vec<_>>().join("; "),
+        },
+        generation,
+        now,
+    );
     conditions::set(
         &mut status.conditions,
         Wanted {

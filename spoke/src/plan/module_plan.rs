@@ -47,6 +47,10 @@ pub struct ModulePlan {
     pub kept: BTreeMap<String, String>,
     /// Kernel mappings that still carry build or sign instructions: those belong to the hub.
     pub needs_hub: Vec<String>,
+    /// What validation accepted with a warning (unknown template variables, no kernel mapping).
+    pub warnings: Vec<String>,
+    /// Parts of the spec this spoke accepts but does not act on (`spec.dra`).
+    pub unsupported: Vec<String>,
 }
 
 /// Plans `module` over `nodes`; `current` holds the Module's entries in the NodeModulesConfigs
@@ -62,14 +66,23 @@ pub fn plan_module(
     current: &BTreeMap<String, NodeModuleSpec>,
     ctx: &SpokeContext,
 ) -> Result<ModulePlan, PlanError> {
-    validation::validate_module(module)?;
+    let warnings = validation::validate_module(module)?;
     let name = module.metadata.name.as_deref().unwrap_or_default();
     let namespace = module
         .metadata
         .namespace
         .as_deref()
         .unwrap_or(validation::DEFAULT_NAMESPACE);
-    let mut plan = ModulePlan::default();
+    let mut plan = ModulePlan {
+        warnings: warnings.iter().map(ToString::to_string).collect(),
+        ..Default::default()
+    };
+    if module.spec.dra.is_some() {
+        plan.unsupported.push(
+            "spec.dra: kmm-spoke does not run DRA drivers or manage DeviceClasses yet; the rest of the Module is acted on"
+                .into(),
+        );
+    }
     let Some(loader) = &module.spec.module_loader else {
         // A device-plugin-only Module loads nothing.
         plan.nodes_matching_selector = nodes
@@ -162,6 +175,7 @@ pub fn plan_module(
                     insecure_pull: resolved.registry_tls.insecure,
                     insecure_skip_tls_verify: resolved.registry_tls.insecure_skip_tls_verify,
                     in_tree_modules_to_remove: resolved.in_tree_modules_to_remove,
+                    in_tree_module_to_remove: None,
                     modprobe: c.modprobe.clone(),
                 },
             },
@@ -264,6 +278,36 @@ mod tests {
         );
         m.metadata.namespace = Some(ns.into());
         m
+    }
+
+    #[test]
+    fn warnings_and_what_this_spoke_does_not_run_are_reported() {
+        let mut m = module("ns");
+        m.spec.module_loader.as_mut().unwrap().container.kernel_mappings[0].container_image =
+            Some("r/kmm-ci-a:v1${KERNEL_FULL_VERSON}".into());
+        let nodes = [node("a", "6.1.0-28-amd64", &[("role", "worker")])];
+        let plan = plan_module(&m, &nodes, &BTreeMap::new(), &ctx()).unwrap();
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].contains("${KERNEL_FULL_VERSON}"),
+            "{:?}",
+            plan.warnings
+        );
+        // Accepted as upstream accepts it: the variable expands to nothing.
+        assert_eq!(plan.entries["a"].config.container_image, "r/kmm-ci-a:v1");
+        assert!(plan.unsupported.is_empty());
+
+        let mut m = module("ns");
+        m.spec.dra = Some(
+            serde_json::from_value(serde_json::json!({
+                "driverName": "gpu.example.com", "container": {"image": "r/dra:v1"}
+            }))
+            .unwrap(),
+        );
+        let plan = plan_module(&m, &nodes, &BTreeMap::new(), &ctx()).unwrap();
+        assert!(plan.warnings.is_empty());
+        assert!(plan.unsupported[0].starts_with("spec.dra: kmm-spoke does not run DRA drivers"));
+        assert!(plan.entries.contains_key("a"), "the module itself is still loaded");
     }
 
     #[test]
@@ -377,16 +421,18 @@ mod tests {
             }];
             m
         };
-        // A kernel without an x.y.z prefix cannot fill ${KERNEL_XYZ}: an error at resolve time.
-        let nodes = [node("a", "rolling", &[("role", "worker")])];
+        // A kernel without three components gets no image (as upstream): an error at resolve
+        // time, for a node that already runs the module too.
+        let before = [node("a", "6.1.0", &[("role", "worker")])];
         let good = plan_module(
             &with_image("r/m:${KERNEL_FULL_VERSION}"),
-            &nodes,
+            &before,
             &BTreeMap::new(),
             &ctx(),
         )
         .unwrap();
-        assert_eq!(good.entries["a"].config.container_image, "r/m:rolling");
+        assert_eq!(good.entries["a"].config.container_image, "r/m:6.1.0");
+        let nodes = [node("a", "rolling", &[("role", "worker")])];
         let plan = plan_module(&with_image("r/m:${KERNEL_XYZ}"), &nodes, &good.entries, &ctx()).unwrap();
         assert!(plan.skipped["a"].starts_with("kernel rolling: "), "{:?}", plan.skipped);
         assert_eq!(plan.entries["a"], good.entries["a"], "the loaded module stays");

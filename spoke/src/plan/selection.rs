@@ -16,7 +16,7 @@ pub struct NodeView {
     pub taints: Vec<Taint>,
     /// Cordoned.
     pub unschedulable: bool,
-    /// Kernel version, normalised (no trailing `+`).
+    /// Kernel release, as the node reports it.
     pub kernel: String,
     /// Boot ID; a new one means the node rebooted and lost its loaded modules.
     pub boot_id: String,
@@ -33,7 +33,7 @@ impl NodeView {
             taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
             kernel: info
-                .map(|i| kernel::normalize(&i.kernel_version).to_owned())
+                .map(|i| kernel::release(&i.kernel_version).to_owned())
                 .unwrap_or_default(),
             boot_id: info.map(|i| i.boot_id.clone()).unwrap_or_default(),
         })

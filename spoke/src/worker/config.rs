@@ -67,11 +67,11 @@ pub fn check_module_name(field: &str, name: &str) -> Result<(), ConfigError> {
     }
     if let Some(c) = name
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
     {
         return Err(invalid(
             field,
-            format!("{name:?} contains {c:?}; module names are letters, digits, '_' and '-'"),
+            format!("{name:?} contains {c:?}; module names are letters, digits, '_', '-' and '.'"),
         ));
     }
     Ok(())
@@ -115,6 +115,9 @@ pub fn validate(cfg: &ModuleConfig, load: bool) -> Result<(), ConfigError> {
     }
     for (i, m) in cfg.in_tree_modules_to_remove.iter().enumerate() {
         check_module_name(&format!("inTreeModulesToRemove[{i}]"), m)?;
+    }
+    if let Some(m) = &cfg.in_tree_module_to_remove {
+        check_module_name("inTreeModuleToRemove", m)?;
     }
     let mp = &cfg.modprobe;
     image_relative("modprobe.dirName", &mp.dir_name)?;

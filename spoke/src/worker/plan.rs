@@ -257,13 +257,13 @@ pub fn plan(
                     dir: dir.join("lib/modules").join(kernel),
                 });
             }
-            for m in &cfg.in_tree_modules_to_remove {
+            for m in cfg.in_tree_modules() {
                 let mut argv = base(true, false);
                 argv.push("--".into());
-                argv.push(m.clone());
+                argv.push(m.to_owned());
                 let ours = order.iter().any(|o| config::sysfs_name(o) == config::sysfs_name(m));
                 steps.push(Step::RemoveInTree {
-                    module: m.clone(),
+                    module: m.to_owned(),
                     argv,
                     ours,
                 });
