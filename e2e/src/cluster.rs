@@ -325,13 +325,20 @@ impl KubeCluster {
                 let name = name.clone();
                 async move {
                     let node = api.get(&name).await?;
+                    // Ready, and the node lifecycle controller has taken its not-ready taint off
+                    // (it lags the condition), so a test starts from a plain ready node.
+                    let tainted = node
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/not-ready"));
                     let ready = node
                         .status
                         .and_then(|s| s.conditions)
                         .unwrap_or_default()
                         .iter()
                         .any(|c| c.type_ == "Ready" && c.status == "True");
-                    Ok(ready.then_some(()))
+                    Ok((ready && !tainted).then_some(()))
                 }
             })
             .await?;

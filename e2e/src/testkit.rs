@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
+use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -151,4 +152,51 @@ pub async fn check_metrics_auth(
         }
     }
     Ok(())
+}
+
+/// A `kmm-spoke run` (managed, with leader election) started by a test as its own child, not
+/// supervised: tests stop, freeze or replace it. Its output goes to `<dir>/<identity>.log`.
+pub struct SpokeProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl SpokeProcess {
+    /// Starts one against `cluster`, as replica `identity` (its `POD_NAME`).
+    pub fn start(cluster: &crate::KubeCluster, dir: &Path, identity: &str) -> Result<Self> {
+        let log = dir.join(format!("{identity}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = tokio::process::Command::new(our_binary("kmm-spoke")?)
+            .args([
+                "run",
+                "--namespace=kmm-system",
+                "--managed=true",
+                "--worker-image=kmm-worker:e2e",
+                "--leader-elect=true",
+                &format!("--health-probe-bind-address=127.0.0.1:{}", crate::net::free_port()?),
+                &format!("--metrics-bind-address=127.0.0.1:{}", crate::net::free_port()?),
+            ])
+            .env("KUBECONFIG", &cluster.admin_kubeconfig)
+            .env("POD_NAME", identity)
+            .env("RUST_LOG", "info,kmm_spoke=debug")
+            .env("NO_COLOR", "1")
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {identity}"))?;
+        Ok(Self { child, log })
+    }
+
+    /// Its process ID, for signals.
+    pub fn pid(&self) -> Result<Pid> {
+        let pid = self.child.id().context("the process already exited")?;
+        Ok(Pid::from_raw(i32::try_from(pid)?))
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }

@@ -15,12 +15,11 @@ use e2e::KubeCluster;
 use e2e::bins::Bins;
 use e2e::kwok::NodeSpec;
 use e2e::proc::Supervisor;
-use e2e::testkit::our_binary;
+use e2e::testkit::SpokeProcess as Replica;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use libtest_mimic::{Arguments, Failed, Trial};
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::json;
 use shared_api::module::Module;
 use shared_api::nmc::NodeModulesConfig;
@@ -30,49 +29,6 @@ const K1: &str = "6.1.0-28-amd64";
 const LEASE: &str = "kmm.sigs.x-k8s.io";
 /// Said by a replica whose term has ended when an event reaches a controller.
 const TERM_ENDED: &str = "this replica's leader term has ended";
-
-/// A `kmm-spoke run` with leader election, as a child of this test (not supervised: one of them
-/// is meant to stop by itself).
-struct Replica {
-    child: tokio::process::Child,
-    log: PathBuf,
-}
-
-impl Replica {
-    fn start(cluster: &KubeCluster, dir: &Path, identity: &str) -> Result<Self> {
-        let log = dir.join(format!("{identity}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(our_binary("kmm-spoke")?)
-            .args([
-                "run",
-                "--namespace=kmm-system",
-                "--managed=true",
-                "--worker-image=kmm-worker:e2e",
-                "--leader-elect=true",
-                &format!("--health-probe-bind-address=127.0.0.1:{}", e2e::net::free_port()?),
-                &format!("--metrics-bind-address=127.0.0.1:{}", e2e::net::free_port()?),
-            ])
-            .env("KUBECONFIG", &cluster.admin_kubeconfig)
-            .env("POD_NAME", identity)
-            .env("RUST_LOG", "info,kmm_spoke=debug")
-            .env("NO_COLOR", "1")
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {identity}"))?;
-        Ok(Self { child, log })
-    }
-
-    fn pid(&self) -> Result<Pid> {
-        let pid = self.child.id().context("replica already exited")?;
-        Ok(Pid::from_raw(i32::try_from(pid)?))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 async fn holder(cluster: &KubeCluster) -> Result<Option<String>> {
     let lease = Api::<Lease>::namespaced(cluster.client.clone(), "kmm-system")

@@ -119,6 +119,9 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     // unbounded channels so a busy controller never holds a watch back.
     let worker_selector = worker_pod::SELECTOR.to_owned();
     let plugin_selector = format!("app.kubernetes.io/name={}", device_plugin::APP);
+    // DaemonSets by upstream's role label, which ours carry too: upstream KMM's device plugin
+    // DaemonSets are then seen, and taken over (see reconcile_device_plugin).
+    let daemonset_selector = format!("{}={}", device_plugin::ROLE_LABEL, device_plugin::ROLE_DEVICE_PLUGIN);
     let (nodes, nodes_w) = reflector::store::<Node>();
     let (nmcs, nmcs_w) = reflector::store::<NodeModulesConfig>();
     let (worker_pods, worker_w) = reflector::store::<Pod>();
@@ -131,7 +134,11 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
 
     let drivers = {
         let (client, modules) = (client.clone(), modules.clone());
-        let (ws, ps) = (worker_selector.clone(), plugin_selector.clone());
+        let (ws, ps, ds) = (
+            worker_selector.clone(),
+            plugin_selector.clone(),
+            daemonset_selector.clone(),
+        );
         let (nodes_to_modules, nodes_to_nmcs) = (to_modules.clone(), to_nmcs.clone());
         let (nmcs_to_modules, workers_to_nmcs, plugins_to_nmcs) =
             (to_modules.clone(), to_nmcs.clone(), to_nmcs.clone());
@@ -196,7 +203,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                 plugin_ds_w,
                 watcher(
                     Api::<DaemonSet>::all(client.clone()),
-                    watcher::Config::default().labels(&ps),
+                    watcher::Config::default().labels(&ds),
                 ),
             )
             .default_backoff()
@@ -244,7 +251,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(module_triggers))
         .owns(
             Api::<DaemonSet>::all(client.clone()),
-            watcher::Config::default().labels(&plugin_selector),
+            watcher::Config::default().labels(&daemonset_selector),
         )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(module::reconcile, error_policy, ctx.clone())

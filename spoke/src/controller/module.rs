@@ -465,6 +465,20 @@ fn set_conditions(status: &mut ModuleStatus, plan: &ModulePlan, generation: Opti
     );
 }
 
+/// The JSON patch that turns upstream KMM's DaemonSet `existing` into `ours` (same name and
+/// selector): template, update strategy, labels and annotations replaced, guarded by its UID.
+fn take_over_patch(existing: &DaemonSet, ours: &DaemonSet) -> json_patch::Patch {
+    let spec = ours.spec.clone().unwrap_or_default();
+    serde_json::from_value(json!([
+        { "op": "test", "path": "/metadata/uid", "value": existing.metadata.uid },
+        { "op": "add", "path": "/metadata/labels", "value": ours.metadata.labels },
+        { "op": "add", "path": "/metadata/annotations", "value": ours.metadata.annotations },
+        { "op": "add", "path": "/spec/updateStrategy", "value": spec.update_strategy },
+        { "op": "replace", "path": "/spec/template", "value": spec.template },
+    ]))
+    .expect("a well-formed JSON patch")
+}
+
 /// Annotation with a hash of the DaemonSet as we last applied it, so an unchanged one is not
 /// applied again on every reconcile.
 const SPEC_HASH: &str = "kmm.node.kubernetes.io/spec-hash";
@@ -474,7 +488,8 @@ fn spec_hash(ds: &DaemonSet) -> String {
     crate::plan::short_sha256(&bytes, 12)
 }
 
-/// The Module's device plugin DaemonSets in the cache: ours (our app label), owned by it.
+/// The Module's device plugin DaemonSets in the cache (upstream's role label, which ours carry
+/// too), owned by it: ours, and upstream KMM's, which we take over.
 fn owned_daemonsets(ctx: &Context, module: &Module, key: &ModuleKey) -> Vec<Arc<DaemonSet>> {
     let uid = module.metadata.uid.as_deref();
     ctx.plugin_daemonsets
@@ -531,7 +546,15 @@ async fn reconcile_device_plugin(
         .as_ref()
         .map(|d| d.name_any())
         .unwrap_or_else(|| device_plugin::name(&key.name, wanted));
-    let Some(mut ds) = device_plugin::render(module, &name, owner, default_sa) else {
+    // Upstream KMM's DaemonSet for this version (its own name and `{module.name, role}`
+    // selector) is taken over in place rather than replaced by a second one: its pods are
+    // swapped for ours node by node, each new one up before the old one stops.
+    let adopted = current
+        .as_ref()
+        .and_then(|d| d.spec.as_ref())
+        .map(|s| &s.selector)
+        .filter(|s| s.match_labels.as_ref() != Some(&device_plugin::selector_labels(&name)));
+    let Some(mut ds) = device_plugin::render(module, &name, owner, default_sa, adopted) else {
         for d in &existing {
             delete_daemonset(ctx, key, &d.name_any()).await?;
         }
@@ -548,14 +571,27 @@ async fn reconcile_device_plugin(
             .annotations
             .get_or_insert_with(Default::default)
             .insert(SPEC_HASH.into(), hash);
+        let patch = match (&adopted, &current) {
+            // Not ours yet: upstream's fields (its node selector keys, its labels) must go, which
+            // an apply cannot do for fields another manager owns. One JSON patch replaces the
+            // template, the strategy and the metadata maps, guarded by the UID it was read with.
+            (Some(_), Some(d)) if applied_hash.is_none() => Patch::Json(take_over_patch(d, &ds)),
+            _ => Patch::Apply(&ds),
+        };
+        let params = match patch {
+            Patch::Json(_) => PatchParams {
+                field_manager: Some(super::NODE_MANAGER.into()),
+                ..Default::default()
+            },
+            _ => PatchParams::apply(super::NODE_MANAGER).force(),
+        };
         let applied = api
-            .patch(
-                &name,
-                &PatchParams::apply(super::NODE_MANAGER).force(),
-                &Patch::Apply(&ds),
-            )
+            .patch(&name, &params, &patch)
             .await
             .map_err(kube_err(format!("applying DaemonSet {}/{name}", key.namespace)))?;
+        if matches!(patch, Patch::Json(_)) {
+            tracing::info!(daemonset = %name, module = %key, "took over upstream KMM's device plugin DaemonSet");
+        }
         ctx.metrics.api_writes.inc();
         applied
     };

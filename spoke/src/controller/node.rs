@@ -79,6 +79,13 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
             clean_upstream_pod(ctx, pod, leftover).await?;
         }
     }
+    let now = Timestamp::now();
+    if let Some(pod) =
+        on_node(&worker_pods, &name).find(|p| worker_pod::upstream_in_flight(p, now, ctx.worker.pending_timeout))
+    {
+        tracing::info!(node = %name, pod = %pod.name_any(), "waiting for upstream KMM's worker pod to finish before acting on the node");
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     let plugin_pods = ctx.plugin_pods.state();
     let plugins: Vec<&Arc<Pod>> = on_node(&plugin_pods, &name).collect();
     let running: BTreeSet<ModuleKey> = plugins

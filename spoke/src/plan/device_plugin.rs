@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
     Container, HostPathVolumeSource, LocalObjectReference, PodSpec, PodTemplateSpec, SecurityContext, Volume,
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use shared_api::labels;
 use shared_api::module::{
     DevicePluginContainerSpec, KUBELET_DEVICE_PLUGINS_DIR, KUBELET_DEVICE_PLUGINS_VOLUME, Module,
@@ -109,20 +110,45 @@ fn container(name: &str, c: &DevicePluginContainerSpec, extra_mount: Option<Volu
     }
 }
 
+/// The selector labels of our DaemonSet `name` (a DaemonSet's selector never changes).
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), APP.to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+    ])
+}
+
 /// The DaemonSet `name` for `module` at its current version, or `None` when it has no device
 /// plugin. `default_sa` is used when the Module names no ServiceAccount and lives in the
-/// operator's namespace.
-pub fn render(module: &Module, name: &str, owner: OwnerReference, default_sa: Option<&str>) -> Option<DaemonSet> {
+/// operator's namespace. `adopted` is the selector of an existing DaemonSet of this version
+/// that we take over (upstream KMM's `{module.name, role}`): it is kept, since the API server
+/// refuses to change it, and its labels are added to the pods'.
+///
+/// Pods are replaced one node at a time with the new one started first (`maxSurge: 1`,
+/// `maxUnavailable: 0`), so a template change (a new plugin image, a taken-over DaemonSet)
+/// never leaves a node without its plugin.
+pub fn render(
+    module: &Module,
+    name: &str,
+    owner: OwnerReference,
+    default_sa: Option<&str>,
+    adopted: Option<&LabelSelector>,
+) -> Option<DaemonSet> {
     let dp = module.spec.device_plugin.as_ref()?;
     let ns = module.metadata.namespace.clone()?;
     let mod_name = module.metadata.name.clone()?;
     let mut node_selector = module.spec.selector.clone();
-    // Selector labels: never changed on an existing DaemonSet (the API server refuses it).
-    let selector = BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), APP.to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
-    ]);
-    let mut pod_labels = selector.clone();
+    let mut pod_labels = selector_labels(name);
+    let selector = match adopted {
+        Some(s) => {
+            pod_labels.extend(s.match_labels.clone().unwrap_or_default());
+            s.clone()
+        }
+        None => LabelSelector {
+            match_labels: Some(pod_labels.clone()),
+            ..Default::default()
+        },
+    };
     pod_labels.insert(MODULE_NAME_LABEL.into(), mod_name.clone());
     pod_labels.insert(ROLE_LABEL.into(), ROLE_DEVICE_PLUGIN.into());
     if module.spec.module_loader.is_some() {
@@ -156,10 +182,14 @@ pub fn render(module: &Module, name: &str, owner: OwnerReference, default_sa: Op
             ..Default::default()
         },
         spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
+            selector,
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
@@ -173,6 +203,7 @@ pub fn render(module: &Module, name: &str, owner: OwnerReference, default_sa: Op
                     node_selector: Some(node_selector),
                     tolerations: (!module.spec.tolerations.is_empty()).then(|| module.spec.tolerations.clone()),
                     service_account_name: dp.service_account_name.clone().or(default_sa.map(str::to_owned)),
+                    automount_service_account_token: dp.automount_service_account_token,
                     image_pull_secrets: module
                         .spec
                         .image_repo_secret
@@ -243,7 +274,7 @@ mod tests {
 
     #[test]
     fn plugin_runs_only_where_the_module_is_ready() {
-        let ds = render(&module(None), &name("gpu", None), owner(), None).unwrap();
+        let ds = render(&module(None), &name("gpu", None), owner(), None, None).unwrap();
         assert_eq!(ds.metadata.name.as_deref(), Some("gpu-device-plugin"));
         let labels = ds.metadata.labels.clone().unwrap();
         assert_eq!(labels[MODULE_NAME_LABEL], "gpu");
@@ -258,6 +289,16 @@ mod tests {
         assert_eq!(sel.len(), 2);
         let mounts = spec.containers[0].volume_mounts.as_ref().unwrap();
         assert_eq!(mounts[0].mount_path, KUBELET_DEVICE_PLUGINS_DIR);
+        assert_eq!(spec.automount_service_account_token, None, "the pod default when unset");
+    }
+
+    #[test]
+    fn the_service_account_token_mount_follows_the_module() {
+        let mut m = module(None);
+        m.spec.device_plugin.as_mut().unwrap().automount_service_account_token = Some(false);
+        let ds = render(&m, &name("gpu", None), owner(), None, None).unwrap();
+        let spec = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
     }
 
     #[test]
@@ -267,6 +308,7 @@ mod tests {
             "gpu-device-plugin-2",
             owner(),
             Some("kmm-device-plugin"),
+            None,
         )
         .unwrap();
         assert_eq!(version_of(&ds, "ns", "gpu").as_deref(), Some("2"));
@@ -287,7 +329,7 @@ mod tests {
         );
         let mut m = module(None);
         m.spec.device_plugin = None;
-        assert!(render(&m, "x", owner(), None).is_none());
+        assert!(render(&m, "x", owner(), None, None).is_none());
     }
 
     #[test]
@@ -306,14 +348,14 @@ mod tests {
     fn device_plugin_only_modules_follow_the_selector() {
         let mut m = module(None);
         m.spec.module_loader = None;
-        let ds = render(&m, &name("gpu", None), owner(), None).unwrap();
+        let ds = render(&m, &name("gpu", None), owner(), None, None).unwrap();
         let sel = ds.spec.unwrap().template.spec.unwrap().node_selector.unwrap();
         assert_eq!(sel, BTreeMap::from([("role".to_owned(), "gpu".to_owned())]));
     }
 
     #[test]
     fn older_versions_go_once_no_node_runs_them() {
-        let mut ds = render(&module(Some("1")), "gpu-device-plugin-1", owner(), None).unwrap();
+        let mut ds = render(&module(Some("1")), "gpu-device-plugin-1", owner(), None, None).unwrap();
         ds.metadata.generation = Some(1);
         let status = |desired, observed| k8s_openapi::api::apps::v1::DaemonSetStatus {
             desired_number_scheduled: desired,

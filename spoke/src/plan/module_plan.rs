@@ -124,6 +124,12 @@ pub fn plan_module(
                 plan.kept.insert(node.name.clone(), v);
                 continue;
             }
+            // A node that is not ready keeps what it runs, unchanged, until it is back.
+            Selection::NotReady(_) if current.contains_key(&node.name) => {
+                plan.nodes_matching_selector += 1;
+                plan.entries.insert(node.name.clone(), current[&node.name].clone());
+                continue;
+            }
             other => {
                 plan.nodes_matching_selector += 1;
                 plan.skipped.insert(node.name.clone(), skip_reason(&other));
@@ -198,6 +204,7 @@ fn skip_reason(s: &Selection) -> String {
     match s {
         Selection::Cordoned => "the node is cordoned".into(),
         Selection::Untolerated(t) => format!("the node has the taint {t}, which the Module does not tolerate"),
+        Selection::NotReady(t) => format!("the node is not ready (taint {t}); nothing is started on it until it is"),
         Selection::VersionLabel { on_node: None } => "the node has no version-module label for this Module".into(),
         Selection::VersionLabel { on_node: Some(v) } => format!(
             "the node's version-module label asks for version {v}, the Module is at another, and the node runs no version of it"
@@ -278,6 +285,42 @@ mod tests {
         );
         m.metadata.namespace = Some(ns.into());
         m
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_keeps_what_it_runs_and_gets_nothing_new() {
+        let m = module("ns");
+        let ready = [node("a", "6.1.0-28-amd64", &[("role", "worker")])];
+        let before = plan_module(&m, &ready, &BTreeMap::new(), &ctx()).unwrap();
+        let not_ready = |n: &str| {
+            let mut v = node(n, "6.1.0-28-amd64", &[("role", "worker")]);
+            v.taints = vec![k8s_openapi::api::core::v1::Taint {
+                key: "node.kubernetes.io/unreachable".into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            }];
+            v
+        };
+        let plan = plan_module(&m, &[not_ready("a"), not_ready("b")], &before.entries, &ctx()).unwrap();
+        assert_eq!(
+            plan.entries["a"], before.entries["a"],
+            "the loaded module stays, unchanged"
+        );
+        assert!(
+            !plan.entries.contains_key("b"),
+            "nothing new on a node that is not ready"
+        );
+        assert!(
+            plan.skipped["b"].starts_with("the node is not ready"),
+            "{:?}",
+            plan.skipped
+        );
+        assert_eq!(plan.nodes_matching_selector, 2);
+        // A cordon on top of it still unloads, as before.
+        let mut cordoned = not_ready("a");
+        cordoned.unschedulable = true;
+        let plan = plan_module(&m, &[cordoned], &before.entries, &ctx()).unwrap();
+        assert!(plan.entries.is_empty());
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     effect_ok && key_ok && value_ok && empty_key_ok
 }
 
+/// Taints the node lifecycle controller puts on a node whose kubelet stopped reporting or is not
+/// ready. They say nothing about the modules in its kernel, so a node carrying one keeps what it
+/// runs (upstream KMM withdraws its entries, which unloads and reloads the driver once the kubelet
+/// is back).
+pub const NOT_READY_TAINTS: [&str; 2] = ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"];
+
 /// The taint a cordoned node carries (the node lifecycle controller adds it; we assume it as
 /// soon as `spec.unschedulable` is set, so a cordon acts before the controller catches up).
 pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
@@ -109,6 +115,9 @@ pub enum Selection {
     Cordoned,
     /// Matches, but carries a taint the Module does not tolerate.
     Untolerated(String),
+    /// Matches, but the node is not ready or unreachable (one of [`NOT_READY_TAINTS`], not
+    /// tolerated): what it runs stays, nothing new is started on it.
+    NotReady(String),
     /// Matches, but a versioned Module's version differs from the node's version label (or the
     /// node has none).
     VersionLabel {
@@ -149,12 +158,18 @@ pub fn select(
         if t.key == UNSCHEDULABLE_TAINT {
             return Selection::Cordoned;
         }
-        return Selection::Untolerated(format!(
-            "{}={}:{}",
-            t.key,
-            t.value.as_deref().unwrap_or_default(),
-            t.effect
-        ));
+        let shown = format!("{}={}:{}", t.key, t.value.as_deref().unwrap_or_default(), t.effect);
+        // A cordon or another taint on the same node still decides: only a node whose sole
+        // untolerated taints are the lifecycle controller's readiness ones is held.
+        if NOT_READY_TAINTS.contains(&t.key.as_str())
+            && taints
+                .iter()
+                .filter(|o| !NOT_READY_TAINTS.contains(&o.key.as_str()))
+                .all(|o| untolerated_taint(std::slice::from_ref(o), &tolerations).is_none())
+        {
+            return Selection::NotReady(shown);
+        }
+        return Selection::Untolerated(shown);
     }
     if let Some((label, wanted)) = version {
         let on_node = node.labels.get(label);

@@ -279,6 +279,26 @@ pub fn upstream_leftover(pod: &Pod) -> Option<Leftover> {
     })
 }
 
+/// An upstream KMM worker pod that has not finished (no phase Succeeded or Failed), younger than
+/// `limit`: its modprobe may still be running, so nothing of ours starts on its node until it
+/// is done (an upstream unload racing our load could leave the module out while we record it
+/// loaded). Older ones are given up on, as our own pending pods are.
+pub fn upstream_in_flight(pod: &Pod, now: k8s_openapi::jiff::Timestamp, limit: std::time::Duration) -> bool {
+    let meta = &pod.metadata;
+    if meta.labels.as_ref().and_then(|l| l.get(ACTION_LABEL)).is_none() || read_back(pod).is_some() {
+        return false;
+    }
+    let finished = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    let young = meta
+        .creation_timestamp
+        .as_ref()
+        .is_none_or(|t| now.duration_since(t.0).unsigned_abs() < limit);
+    !finished && meta.deletion_timestamp.is_none() && young
+}
+
 /// Whether the pod's worker container has started (running or finished) or the pod runs.
 fn started(pod: &Pod) -> bool {
     let Some(status) = pod.status.as_ref() else {
@@ -506,6 +526,37 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(upstream_leftover(&ours), None);
+        assert!(!upstream_in_flight(&ours, k8s_openapi::jiff::Timestamp::now(), LIMIT));
+    }
+
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+    #[test]
+    fn a_running_upstream_pod_holds_its_node_until_it_finishes_or_is_too_old() {
+        use k8s_openapi::jiff::{SignedDuration, Timestamp};
+        let at = |phase: &str, age_s: i64| -> (Pod, Timestamp) {
+            let created = Timestamp::from_second(1_800_000_000).unwrap();
+            let pod = serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": "kmm-worker-node-1-m", "namespace": "ns",
+                    "labels": {"kmm.node.kubernetes.io/worker-action": "Unload", MODULE_NAME_LABEL: "m"},
+                    "creationTimestamp": created.to_string()
+                },
+                "status": {"phase": phase}
+            }))
+            .unwrap();
+            (pod, created + SignedDuration::from_secs(age_s))
+        };
+        for (phase, age, holds) in [
+            ("Running", 30, true),
+            ("Pending", 30, true),
+            ("Succeeded", 30, false),
+            ("Failed", 30, false),
+            ("Running", 601, false),
+        ] {
+            let (pod, now) = at(phase, age);
+            assert_eq!(upstream_in_flight(&pod, now, LIMIT), holds, "{phase} after {age}s");
+        }
     }
 
     #[test]
