@@ -16,6 +16,7 @@ use kmm_spoke::controller::{Context, Error, claim, module, node};
 use kmm_spoke::metrics::Metrics;
 use kmm_spoke::plan::device_plugin;
 use kmm_spoke::plan::module_plan::SpokeContext;
+use kmm_spoke::plan::selection::{NodeView, node_change_concerns};
 use kmm_spoke::plan::worker_pod::{self, WorkerSettings};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -149,15 +150,28 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
             )
             .default_backoff()
             .touched_objects()
-            .for_each(move |node| {
-                if let Ok(node) = node {
-                    // Any node change can change where every Module belongs.
-                    for m in modules.state() {
-                        let _ = nodes_to_modules.send(ObjectRef::from_obj(m.as_ref()));
+            .for_each({
+                // The last view of each node: only changes to what selection and the node plan
+                // read go further, and only to the Modules that select the node (before or now).
+                let mut seen: std::collections::HashMap<String, NodeView> = Default::default();
+                move |node| {
+                    if let Some(view) = node.ok().as_ref().and_then(NodeView::from_node) {
+                        let modules = modules.state();
+                        let concerned = node_change_concerns(
+                            seen.get(&view.name),
+                            &view,
+                            modules.iter().map(|m| (m, &m.spec.selector)),
+                        );
+                        if let Some(concerned) = concerned {
+                            for m in concerned {
+                                let _ = nodes_to_modules.send(ObjectRef::from_obj(m.as_ref()));
+                            }
+                            let _ = nodes_to_nmcs.send(ObjectRef::new(&view.name));
+                            seen.insert(view.name.clone(), view);
+                        }
                     }
-                    let _ = nodes_to_nmcs.send(ObjectRef::new(&node.name_any()));
+                    async {}
                 }
-                async {}
             });
             let nmc_events = reflector::reflector(
                 nmcs_w,

@@ -40,6 +40,34 @@ impl NodeView {
     }
 }
 
+/// Whether `labels` satisfy a Module's `selector` (every key with its value).
+pub fn selector_matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Which controllers a Node event concerns, from the view of the node before it (`None`: first
+/// seen) and after. Selection and the node plan read only [`NodeView`], so heartbeats, conditions
+/// and image lists change nothing; a Module is concerned when its selector matched the node
+/// before or matches it now.
+pub fn node_change_concerns<'a, M>(
+    before: Option<&NodeView>,
+    after: &NodeView,
+    modules: impl IntoIterator<Item = (M, &'a BTreeMap<String, String>)>,
+) -> Option<Vec<M>> {
+    if before == Some(after) {
+        return None;
+    }
+    Some(
+        modules
+            .into_iter()
+            .filter(|(_, sel)| {
+                selector_matches(sel, &after.labels) || before.is_some_and(|b| selector_matches(sel, &b.labels))
+            })
+            .map(|(m, _)| m)
+            .collect(),
+    )
+}
+
 /// Whether `toleration` tolerates `taint`, with the scheduler's rules.
 pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     let effect_ok = toleration
@@ -138,7 +166,7 @@ pub fn select(
     tolerations: &[Toleration],
     version: Option<(&str, &str)>,
 ) -> Selection {
-    if !selector.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+    if !selector_matches(selector, &node.labels) {
         return Selection::NotMatching;
     }
     let tolerations = with_internal_tolerations(tolerations);
@@ -185,6 +213,33 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_node_changes_that_selection_reads_concern_the_modules_that_select_the_node() {
+        let view = |labels: &[(&str, &str)], kernel: &str| NodeView {
+            name: "n".into(),
+            labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            taints: vec![],
+            unschedulable: false,
+            kernel: kernel.into(),
+            boot_id: "b".into(),
+        };
+        let gpu: BTreeMap<String, String> = [("gpu".to_owned(), "yes".to_owned())].into();
+        let any: BTreeMap<String, String> = BTreeMap::new();
+        let modules = || [("gpu", &gpu), ("any", &any)];
+        let a = view(&[("gpu", "yes")], "6.1.0");
+        // A heartbeat (same view): nobody.
+        assert_eq!(node_change_concerns(Some(&a), &a, modules()), None);
+        // First seen, or a new kernel: the Modules selecting it.
+        assert_eq!(node_change_concerns(None, &a, modules()), Some(vec!["gpu", "any"]));
+        let b = view(&[("gpu", "yes")], "6.2.0");
+        assert_eq!(node_change_concerns(Some(&a), &b, modules()), Some(vec!["gpu", "any"]));
+        // A label taken off: the Module it selected before still hears of it.
+        let c = view(&[], "6.1.0");
+        assert_eq!(node_change_concerns(Some(&a), &c, modules()), Some(vec!["gpu", "any"]));
+        let d = view(&[("other", "x")], "6.1.0");
+        assert_eq!(node_change_concerns(Some(&c), &d, modules()), Some(vec!["any"]));
+    }
 
     fn taint(key: &str, value: Option<&str>, effect: &str) -> Taint {
         Taint {
