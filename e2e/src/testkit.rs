@@ -200,3 +200,41 @@ impl SpokeProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+/// A test of one cluster of its own: gets the cluster and the test's directory.
+pub type ClusterTest = for<'a> fn(
+    &'a crate::KubeCluster,
+    &'a Path,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// Runs `test` on a fresh control plane named `name` in `dir` (our CRDs installed, namespace
+/// `kmm-system`, no kmm-spoke: the test starts its own), within `limit`, then tears it down.
+/// The error names the log directory.
+pub fn run_on_own_cluster(name: &str, dir: &Path, limit: std::time::Duration, test: ClusterTest) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let started = async {
+            let bins = crate::bins::Bins::locate()?;
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir)?;
+            let sup = std::sync::Arc::new(crate::proc::Supervisor::new(dir)?);
+            let cluster = crate::KubeCluster::start(sup.clone(), &bins, name, &dir.join("cluster")).await?;
+            cluster.install_crds(&repo().join("manifests/crds")).await?;
+            cluster.install_crds(&repo().join("e2e/crds/spoke")).await?;
+            cluster.ensure_namespace("kmm-system").await?;
+            anyhow::Ok((sup, cluster))
+        };
+        let (sup, cluster) = started.await.map_err(|e| format!("{e:#}"))?;
+        let r = tokio::time::timeout(limit, test(&cluster, dir)).await;
+        sup.teardown();
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{e:#}\n(logs: {})", dir.display())),
+            Err(_) => Err(format!("timed out (logs: {})", dir.display())),
+        }
+    })
+}

@@ -7,15 +7,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use e2e::KubeCluster;
-use e2e::bins::Bins;
 use e2e::kwok::NodeSpec;
-use e2e::proc::Supervisor;
-use e2e::testkit::SpokeProcess as Replica;
+use e2e::testkit::{SpokeProcess as Replica, run_on_own_cluster};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -132,44 +129,16 @@ async fn a_frozen_leader_is_replaced_and_does_not_act_when_it_wakes(cluster: &Ku
     Ok(())
 }
 
-async fn start(dir: &Path) -> Result<(Arc<Supervisor>, KubeCluster)> {
-    let bins = Bins::locate()?;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    let sup = Arc::new(Supervisor::new(dir)?);
-    let cluster = KubeCluster::start(sup.clone(), &bins, "leader", &dir.join("cluster")).await?;
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    cluster.install_crds(&repo.join("manifests/crds")).await?;
-    cluster.install_crds(&repo.join("e2e/crds/spoke")).await?;
-    cluster.ensure_namespace("kmm-system").await?;
-    Ok((sup, cluster))
-}
-
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let dir = PathBuf::from(concat!(env!("CARGO_TARGET_TMPDIR"), "/kmm-e2e/leader-tests"));
     let trial = Trial::test(
         "a_frozen_leader_is_replaced_and_does_not_act_when_it_wakes",
         move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .map_err(|e| Failed::from(e.to_string()))?;
-            rt.block_on(async {
-                let (sup, cluster) = start(&dir).await.map_err(|e| Failed::from(format!("{e:#}")))?;
-                let r = tokio::time::timeout(
-                    Duration::from_secs(240),
-                    a_frozen_leader_is_replaced_and_does_not_act_when_it_wakes(&cluster, &dir),
-                )
-                .await;
-                sup.teardown();
-                match r {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(Failed::from(format!("{e:#}\n(logs: {})", dir.display()))),
-                    Err(_) => Err(Failed::from(format!("timed out (logs: {})", dir.display()))),
-                }
+            run_on_own_cluster("leader", &dir, Duration::from_secs(240), |c, d| {
+                Box::pin(a_frozen_leader_is_replaced_and_does_not_act_when_it_wakes(c, d))
             })
+            .map_err(Failed::from)
         },
     );
     libtest_mimic::run(&args, vec![trial]).exit_code()
