@@ -184,28 +184,6 @@ pub fn schedule_pod_version(namespace: &str, name: &str) -> Result<String, KeyEr
     module_key(BETA_NODE_LABEL_PREFIX, "version-schedule-pod.", namespace, name, "")
 }
 
-/// Every node label key a Module uses, for validation: the ready label always, the device
-/// plugin labels when it has one, the version labels when it is versioned.
-pub fn module_node_label_keys(
-    namespace: &str,
-    name: &str,
-    device_plugin: bool,
-    versioned: bool,
-) -> Result<Vec<String>, KeyError> {
-    let mut keys = vec![module_ready(namespace, name)?];
-    if device_plugin {
-        keys.push(device_plugin_ready(namespace, name)?);
-        keys.push(device_plugin_target(namespace, name)?);
-    }
-    if versioned {
-        keys.push(module_version_ready(namespace, name)?);
-        keys.push(module_version(namespace, name)?);
-        keys.push(worker_pod_version(namespace, name)?);
-        keys.push(schedule_pod_version(namespace, name)?);
-    }
-    Ok(keys)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,11 +234,13 @@ mod tests {
         // ".ready" is 6 characters: 63 - 6 - 1 = 56.
         assert!(module_ready(&ns, &"m".repeat(36)).is_ok());
         assert!(module_ready(&ns, &"m".repeat(37)).is_err());
-        // ".device-plugin-target" and "version-schedule-pod." are 21: 63 - 21 - 1 = 41.
-        assert!(module_node_label_keys(&ns, &"m".repeat(21), true, true).is_ok());
-        assert!(module_node_label_keys(&ns, &"m".repeat(22), false, false).is_ok());
-        assert!(module_node_label_keys(&ns, &"m".repeat(22), true, false).is_err());
-        assert!(module_node_label_keys(&ns, &"m".repeat(22), false, true).is_err());
+        // ".device-plugin-target" and "version-schedule-pod." are 21: 63 - 21 - 1 = 41, the
+        // limit validation applies to every Module (validation::MAX_NAME_AND_NAMESPACE).
+        for key in [device_plugin_target, schedule_pod_version] {
+            assert!(key(&ns, &"m".repeat(21)).is_ok());
+            assert!(key(&ns, &"m".repeat(22)).is_err());
+        }
+        assert!(module_ready(&ns, &"m".repeat(22)).is_ok());
     }
 
     #[test]

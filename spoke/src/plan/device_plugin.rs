@@ -35,7 +35,7 @@ pub const ROLE_DEVICE_PLUGIN: &str = "device-plugin";
 
 /// Name of the Module's DaemonSet for `version` (`None`: an unversioned Module). The version is
 /// in the name when it is a valid name part and fits in 63 characters, else a short hash of it
-/// is. (Validation keeps a Module with a device plugin to 40 characters of name.)
+/// is. (Validation keeps name and namespace of every Module to 41 characters together.)
 pub fn name(module: &str, version: Option<&str>) -> String {
     let base = format!("{module}-device-plugin");
     let Some(v) = version else { return base };
