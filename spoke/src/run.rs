@@ -141,6 +141,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
             daemonset_selector.clone(),
         );
         let (nodes_to_modules, nodes_to_nmcs) = (to_modules.clone(), to_nmcs.clone());
+        let daemonsets_to_modules = to_modules.clone();
         let (nmcs_to_modules, workers_to_nmcs, plugins_to_nmcs) =
             (to_modules.clone(), to_nmcs.clone(), to_nmcs.clone());
         async move {
@@ -212,7 +213,9 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                         async {}
                     })
                 };
-            // DaemonSet changes reach the module controller through owns(); this cache serves lookups.
+            // A DaemonSet change re-queues the Module owning it from this reflector, after its
+            // cache holds the change (a second watch, as owns() keeps, could trigger a reconcile
+            // that still reads the old status here and then never hears of it again).
             let daemonsets = reflector::reflector(
                 plugin_ds_w,
                 watcher(
@@ -221,7 +224,16 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                 ),
             )
             .default_backoff()
-            .for_each(|_| async {});
+            .touched_objects()
+            .for_each(move |d| {
+                if let Ok(d) = d {
+                    let ns = d.namespace().unwrap_or_default();
+                    for o in d.owner_references().iter().filter(|o| o.kind == "Module") {
+                        let _ = daemonsets_to_modules.send(ObjectRef::new(&o.name).within(&ns));
+                    }
+                }
+                async {}
+            });
             futures::future::join5(
                 node_events,
                 nmc_events,
@@ -263,10 +275,6 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
 
     let module_controller = module_controller
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(module_triggers))
-        .owns(
-            Api::<DaemonSet>::all(client.clone()),
-            watcher::Config::default().labels(&daemonset_selector),
-        )
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(module::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
