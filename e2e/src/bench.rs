@@ -29,16 +29,29 @@ pub fn peak_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The value of the first series whose line starts with `name` on `127.0.0.1:<port>/metrics`.
-pub async fn metric(port: u16, name: &str) -> Result<f64> {
+/// Every series of metric `name` on `127.0.0.1:<port>/metrics`: its labels (`{...}`, or empty)
+/// and value.
+pub async fn series(port: u16, name: &str) -> Result<Vec<(String, f64)>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await?;
     let mut out = String::new();
     s.read_to_string(&mut out).await?;
-    out.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .with_context(|| format!("{name} not in the metrics on port {port}"))
+    let found: Vec<(String, f64)> = out
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            (labels.is_empty() || labels.starts_with('{')).then_some(())?;
+            Some((labels.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    ensure!(!found.is_empty(), "{name} not in the metrics on port {port}");
+    Ok(found)
+}
+
+/// The sum of every series of metric `name` on `127.0.0.1:<port>/metrics`.
+pub async fn metric(port: u16, name: &str) -> Result<f64> {
+    Ok(series(port, name).await?.iter().map(|(_, v)| v).sum())
 }

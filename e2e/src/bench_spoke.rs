@@ -4,6 +4,8 @@
 //! - the time a bare client takes to write what loading needs: one worker pod per node and
 //!   Module (rendered exactly as the spoke renders them) and one ready-label patch per node and
 //!   Module, 16 requests in flight;
+//! - the floor KWOK's pod lifecycle sets: the same pods, each node label written only once KWOK
+//!   has run its pod to completion, and the pod then deleted;
 //! - the time `kmm-spoke` takes from the Modules' creation until every node carries every
 //!   Module's ready label (worker pods run to completion under KWOK in between);
 //! - the spoke's peak memory (VmHWM) and the writes it sent to the API server.
@@ -20,7 +22,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use shared_api::nmc::{ModuleConfig, NodeModuleSpec};
 
-use crate::bench::{metric, peak_kib, release_binary};
+use crate::bench::{metric, peak_kib, release_binary, series};
 use crate::bins::Bins;
 use crate::cluster::KubeCluster;
 use crate::kwok::NodeSpec;
@@ -142,40 +144,13 @@ pub async fn run(size: Size, dir: &Path) -> Result<()> {
         .await;
     let bare = started.elapsed();
     results.into_iter().collect::<Result<Vec<_>>>()?;
-    eprintln!("bench: cleaning up the bare client's pods and labels ...");
-    pod_api
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
-    let unlabel: serde_json::Map<String, serde_json::Value> = (0..size.modules)
-        .map(|m| (format!("bare.example/{m}"), serde_json::Value::Null))
-        .collect();
-    futures::stream::iter(specs.iter())
-        .map(|n| {
-            let nodes = nodes.clone();
-            let patch = json!({"metadata": {"labels": unlabel.clone()}});
-            async move {
-                nodes
-                    .patch(&n.name, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-                    .map(drop)
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    cluster
-        .wait("bare pods gone", Duration::from_secs(300), || {
-            let pod_api = pod_api.clone();
-            async move {
-                Ok(pod_api
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .is_empty()
-                    .then_some(()))
-            }
-        })
-        .await?;
+    cleanup_bare(&pod_api, &nodes, &specs, size.modules, &cluster).await?;
+
+    // The floor KWOK's pod lifecycle sets: the same pods, each label written once KWOK has run
+    // its pod to completion, and the pod deleted then, as any loader must.
+    eprintln!("bench: bare client waiting for KWOK to complete each pod ...");
+    let floor = floor_with_kwok(&pod_api, &nodes, &pods, size.modules).await?;
+    cleanup_bare(&pod_api, &nodes, &specs, size.modules, &cluster).await?;
 
     // kmm-spoke.
     let health = crate::net::free_port()?;
@@ -200,7 +175,7 @@ pub async fn run(size: Size, dir: &Path) -> Result<()> {
         .context("kmm-spoke did not start")?;
     cluster
         .wait("kmm-spoke metrics", Duration::from_secs(60), || async move {
-            Ok(metric(metrics, "kmm_spoke_api_writes_total").await.ok().map(drop))
+            Ok(metric(metrics, "kmm_spoke_modules").await.ok().map(drop))
         })
         .await?;
     let modules: Api<shared_api::module::Module> = Api::namespaced(client.clone(), ns);
@@ -265,7 +240,8 @@ pub async fn run(size: Size, dir: &Path) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let ours = started.elapsed();
-    let spoke_writes = metric(metrics, "kmm_spoke_api_writes_total").await?;
+    let by_write = series(metrics, "kmm_spoke_api_writes_total").await?;
+    let spoke_writes: f64 = by_write.iter().map(|(_, v)| v).sum();
     let peak = peak_kib(pid);
     println!(
         "nodes {}, kernels {}, modules {}",
@@ -282,14 +258,144 @@ pub async fn run(size: Size, dir: &Path) -> Result<()> {
         ours.as_secs_f64()
     );
     println!(
+        "bare client waiting for KWOK to run each pod, {} writes (+ deletes): {:.2}s",
+        writes,
+        floor.as_secs_f64()
+    );
+    println!(
         "ratio kmm-spoke / bare client: {:.2}",
         ours.as_secs_f64() / bare.as_secs_f64()
     );
+    println!(
+        "ratio kmm-spoke / bare client waiting for KWOK: {:.2}",
+        ours.as_secs_f64() / floor.as_secs_f64()
+    );
     println!("kmm-spoke peak memory (VmHWM): {:.1} MiB", peak as f64 / 1024.0);
     println!(
-        "kmm-spoke API writes: {spoke_writes} ({:.2} per node and Module)",
+        "kmm-spoke API writes, events included: {spoke_writes} ({:.2} per node and Module)",
         spoke_writes / (size.nodes * size.modules) as f64
     );
+    for (labels, v) in &by_write {
+        println!(
+            "  {labels}: {v} ({:.2} per node and Module)",
+            v / (size.nodes * size.modules) as f64
+        );
+    }
     sup.teardown();
     Ok(())
+}
+
+/// Deletes the bare client's pods and labels and waits until the pods are gone.
+async fn cleanup_bare(
+    pod_api: &Api<Pod>,
+    nodes: &Api<Node>,
+    specs: &[NodeSpec],
+    modules: usize,
+    cluster: &KubeCluster,
+) -> Result<()> {
+    eprintln!("bench: cleaning up the bare client's pods and labels ...");
+    pod_api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    let unlabel: serde_json::Map<String, serde_json::Value> = (0..modules)
+        .map(|m| (format!("bare.example/{m}"), serde_json::Value::Null))
+        .collect();
+    futures::stream::iter(specs.iter())
+        .map(|n| {
+            let nodes = nodes.clone();
+            let patch = json!({"metadata": {"labels": unlabel.clone()}});
+            async move {
+                nodes
+                    .patch(&n.name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .map(drop)
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    cluster
+        .wait("bare pods gone", Duration::from_secs(300), || {
+            let pod_api = pod_api.clone();
+            async move {
+                Ok(pod_api
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .is_empty()
+                    .then_some(()))
+            }
+        })
+        .await?;
+
+    Ok(())
+}
+
+/// Creates `pods` (16 in flight) and, as KWOK completes each, writes its node's label and
+/// deletes it (16 in flight): the least any loader waiting for its pods can take here. Returns
+/// the time until the last label.
+async fn floor_with_kwok(
+    pod_api: &Api<Pod>,
+    nodes: &Api<Node>,
+    pods: &[(String, Pod)],
+    modules: usize,
+) -> Result<Duration> {
+    use kube::runtime::{WatchStreamExt, watcher};
+    let by_name: std::collections::HashMap<String, (String, usize)> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, (node, p))| (p.metadata.name.clone().unwrap_or_default(), (node.clone(), i % modules)))
+        .collect();
+    let started = Instant::now();
+    let creates = {
+        let (pod_api, pods) = (pod_api.clone(), pods.to_vec());
+        tokio::spawn(async move {
+            futures::stream::iter(pods)
+                .map(|(_, pod)| {
+                    let pod_api = pod_api.clone();
+                    async move { pod_api.create(&PostParams::default(), &pod).await.map(drop) }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+        })
+    };
+    let mut seen = std::collections::HashSet::new();
+    let completions = watcher(pod_api.clone(), watcher::Config::default())
+        .applied_objects()
+        .filter_map(|p| {
+            let done = p
+                .ok()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+            async move { done.and_then(|p| p.metadata.name) }
+        })
+        .filter(move |name| futures::future::ready(seen.insert(name.clone())))
+        .map(|name| {
+            let (pod_api, nodes) = (pod_api.clone(), nodes.clone());
+            let (node, m) = by_name.get(&name).cloned().unwrap_or_default();
+            async move {
+                let label = format!("bare.example/{m}");
+                nodes
+                    .patch(
+                        &node,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"labels": {label: ""}}})),
+                    )
+                    .await?;
+                pod_api.delete(&name, &DeleteParams::background()).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .take(pods.len())
+        .collect::<Vec<_>>();
+    let results = tokio::time::timeout(Duration::from_secs(1800), completions)
+        .await
+        .context("KWOK did not complete every pod within 30 minutes")?;
+    let took = started.elapsed();
+    creates.await??;
+    results.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(took)
 }

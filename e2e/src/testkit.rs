@@ -238,3 +238,9 @@ pub fn run_on_own_cluster(name: &str, dir: &Path, limit: std::time::Duration, te
         }
     })
 }
+
+/// Whether an event note says `notice`: it is the note, or one of the notices the spoke folds
+/// into one note, `; `-separated, when several Modules loaded or unloaded in one node pass.
+pub fn says(note: &str, notice: &str) -> bool {
+    note == notice || note.split("; ").any(|n| n == notice)
+}

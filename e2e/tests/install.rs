@@ -295,7 +295,10 @@ async fn node_event(env: &Env, node: &str, reason: &str, message: &str) -> Resul
                 Ok(list
                     .items
                     .iter()
-                    .any(|e| e.reason.as_deref() == Some(reason) && e.message.as_deref() == Some(message))
+                    .any(|e| {
+                        e.reason.as_deref() == Some(reason)
+                            && e.message.as_deref().is_some_and(|m| e2e::testkit::says(m, message))
+                    })
                     .then_some(()))
             }
         })

@@ -311,7 +311,7 @@ async fn times_said(env: &Env, node: &str, reason: &str, message: &str) -> Resul
     Ok(events_on(env, node, reason)
         .await?
         .iter()
-        .filter(|e| e.message.as_deref() == Some(message))
+        .filter(|e| e.message.as_deref().is_some_and(|m| e2e::testkit::says(m, message)))
         .map(|e| e.count.unwrap_or(1).max(1))
         .sum())
 }
@@ -322,7 +322,7 @@ async fn wait_event(env: &Env, node: &str, reason: &str, message: &str) -> Resul
             Ok(node_events(env, node, reason)
                 .await?
                 .iter()
-                .any(|m| m == message)
+                .any(|m| e2e::testkit::says(m, message))
                 .then_some(()))
         })
         .await

@@ -3,4 +3,5 @@
 pub mod controller;
 pub mod metrics;
 pub mod plan;
+pub mod trim;
 pub mod worker;

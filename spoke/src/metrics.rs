@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,6 +24,39 @@ struct ModuleLabel {
     name: String,
 }
 
+/// What one write to the API server was, for `kmm_spoke_api_writes_total{write=...}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // the label values as they read in the exposition
+pub enum Wrote {
+    /// A NodeModulesConfig's spec (entries added, changed or withdrawn).
+    nmc_spec,
+    /// A NodeModulesConfig's status.
+    nmc_status,
+    /// A worker pod created.
+    pod_create,
+    /// A worker pod deleted.
+    pod_delete,
+    /// A worker pod patched (reported, upstream's finalizer removed).
+    pod_patch,
+    /// A node's labels.
+    node_labels,
+    /// A Module's status.
+    module_status,
+    /// A Module's finalizer.
+    module_finalizer,
+    /// A device plugin DaemonSet applied or deleted.
+    daemonset,
+    /// A namespace label.
+    namespace,
+    /// An event created or its series counted up.
+    event,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabel {
+    write: Wrote,
+}
+
 /// The spoke's metrics and their registry.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -35,8 +68,7 @@ pub struct Metrics {
     pub modules: Gauge,
     /// Worker pods that failed.
     pub worker_failures: Counter,
-    /// Writes to the API server (creates, patches, deletes).
-    pub api_writes: Counter,
+    api_writes: Family<WriteLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -56,7 +88,7 @@ impl Metrics {
         let desired_nodes = Family::<ModuleLabel, Gauge>::default();
         let modules = Gauge::default();
         let worker_failures = Counter::default();
-        let api_writes = Counter::default();
+        let api_writes = Family::<WriteLabel, Counter>::default();
         let mut r = Registry::with_prefix("kmm_spoke");
         r.register(
             "reconcile_duration_seconds",
@@ -82,7 +114,7 @@ impl Metrics {
         );
         r.register(
             "api_writes",
-            "Creates, patches and deletes sent to the API server",
+            "Creates, patches and deletes sent to the API server, events included, by what they wrote",
             api_writes.clone(),
         );
         Self {
@@ -95,6 +127,11 @@ impl Metrics {
             worker_failures,
             api_writes,
         }
+    }
+
+    /// Counts one write to the API server.
+    pub fn wrote(&self, write: Wrote) {
+        self.api_writes.get_or_create(&WriteLabel { write }).inc();
     }
 
     /// Records one reconcile.
@@ -154,6 +191,7 @@ mod tests {
             },
         );
         m.worker_failures.inc();
+        m.wrote(Wrote::pod_create);
         let text = m.encode();
         for needle in [
             "kmm_spoke_reconcile_duration_seconds_count{controller=\"node\"} 1",
@@ -161,6 +199,7 @@ mod tests {
             "kmm_spoke_module_loaded_nodes{namespace=\"ns\",name=\"m\"} 1",
             "kmm_spoke_module_desired_nodes{namespace=\"ns\",name=\"m\"} 2",
             "kmm_spoke_worker_pod_failures_total 1",
+            "kmm_spoke_api_writes_total{write=\"pod_create\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

@@ -18,6 +18,7 @@ use kmm_spoke::plan::device_plugin;
 use kmm_spoke::plan::module_plan::SpokeContext;
 use kmm_spoke::plan::selection::{NodeView, node_change_concerns};
 use kmm_spoke::plan::worker_pod::{self, WorkerSettings};
+use kmm_spoke::trim;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -27,6 +28,13 @@ use shared_api::module::Module;
 use shared_api::nmc::NodeModulesConfig;
 use shared_api::ocm::{ClusterClaim, KERNEL_VERSIONS_CLAIM};
 use tokio_util::sync::CancellationToken;
+
+/// How long a node pass waits for more changes of the same node.
+const NODE_DEBOUNCE: Duration = Duration::from_millis(300);
+/// How often the Modules named by changed NodeModulesConfigs are re-planned.
+const MODULE_STATUS_TICK: Duration = Duration::from_secs(1);
+/// Node passes running at once.
+const NODE_CONCURRENCY: u16 = 32;
 
 /// Everything `run` needs from the command line.
 #[derive(Debug, Clone)]
@@ -128,11 +136,38 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     let (worker_pods, worker_w) = reflector::store::<Pod>();
     let (plugin_pods, plugin_w) = reflector::store::<Pod>();
     let (plugin_daemonsets, plugin_ds_w) = reflector::store::<DaemonSet>();
-    let module_controller = Controller::new(Api::<Module>::all(client.clone()), watcher::Config::default());
-    let modules = module_controller.store();
+    // Every cache keeps only what the controllers read (see `trim`).
+    let (modules, modules_w) = reflector::store::<Module>();
+    let module_controller = Controller::for_stream(
+        reflector::reflector(
+            modules_w,
+            watcher(Api::<Module>::all(client.clone()), watcher::Config::default()).modify(trim::managed_fields),
+        )
+        .default_backoff()
+        .touched_objects(),
+        modules.clone(),
+    );
     let (to_modules, module_triggers) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Module>>();
     let (to_nmcs, nmc_triggers) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<NodeModulesConfig>>();
 
+    // A NodeModulesConfig or Node change re-plans the Modules it concerns at most once per tick
+    // each: while a Module loads on hundreds of nodes, its status is written once a tick rather
+    // than once per node. (Its own spec changes reach it at once, through its watch.)
+    let nmc_touched: Arc<std::sync::Mutex<std::collections::HashSet<ObjectRef<Module>>>> = Default::default();
+    let module_ticks = {
+        let (touched, tx, token) = (nmc_touched.clone(), to_modules.clone(), shutdown.clone());
+        async move {
+            let mut tick = tokio::time::interval(MODULE_STATUS_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! { _ = tick.tick() => {}, _ = token.cancelled() => break }
+                let due = std::mem::take(&mut *touched.lock().unwrap_or_else(|p| p.into_inner()));
+                for m in due {
+                    let _ = tx.send(m);
+                }
+            }
+        }
+    };
     let drivers = {
         let (client, modules) = (client.clone(), modules.clone());
         let (ws, ps, ds) = (
@@ -140,14 +175,14 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
             plugin_selector.clone(),
             daemonset_selector.clone(),
         );
-        let (nodes_to_modules, nodes_to_nmcs) = (to_modules.clone(), to_nmcs.clone());
+        let (nodes_to_modules, nodes_to_nmcs) = (nmc_touched.clone(), to_nmcs.clone());
         let daemonsets_to_modules = to_modules.clone();
-        let (nmcs_to_modules, workers_to_nmcs, plugins_to_nmcs) =
-            (to_modules.clone(), to_nmcs.clone(), to_nmcs.clone());
+        let (nmcs_to_modules, nmcs_to_self, workers_to_nmcs, plugins_to_nmcs) =
+            (nmc_touched.clone(), to_nmcs.clone(), to_nmcs.clone(), to_nmcs.clone());
         async move {
             let node_events = reflector::reflector(
                 nodes_w,
-                watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+                watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(trim::node),
             )
             .default_backoff()
             .touched_objects()
@@ -164,9 +199,8 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                             modules.iter().map(|m| (m, &m.spec.selector)),
                         );
                         if let Some(concerned) = concerned {
-                            for m in concerned {
-                                let _ = nodes_to_modules.send(ObjectRef::from_obj(m.as_ref()));
-                            }
+                            let mut touched = nodes_to_modules.lock().unwrap_or_else(|p| p.into_inner());
+                            touched.extend(concerned.iter().map(|m| ObjectRef::from_obj(m.as_ref())));
                             let _ = nodes_to_nmcs.send(ObjectRef::new(&view.name));
                             seen.insert(view.name.clone(), view);
                         }
@@ -179,18 +213,21 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                 watcher(
                     Api::<NodeModulesConfig>::all(client.clone()),
                     watcher::Config::default(),
-                ),
+                )
+                .modify(trim::managed_fields),
             )
             .default_backoff()
             .touched_objects()
             .for_each(move |nmc| {
                 if let Ok(nmc) = nmc {
+                    let _ = nmcs_to_self.send(ObjectRef::from_obj(&nmc));
                     let status = nmc
                         .status
                         .iter()
                         .flat_map(|s| s.modules.iter().map(|m| (&m.namespace, &m.name)));
+                    let mut touched = nmcs_to_modules.lock().unwrap_or_else(|p| p.into_inner());
                     for (ns, name) in nmc.spec.modules.iter().map(|m| (&m.namespace, &m.name)).chain(status) {
-                        let _ = nmcs_to_modules.send(ObjectRef::new(name).within(ns));
+                        touched.insert(ObjectRef::new(name).within(ns));
                     }
                 }
                 async {}
@@ -202,7 +239,8 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                         watcher(
                             Api::<Pod>::all(client.clone()),
                             watcher::Config::default().labels(&selector),
-                        ),
+                        )
+                        .modify(trim::pod),
                     )
                     .default_backoff()
                     .touched_objects()
@@ -221,7 +259,8 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
                 watcher(
                     Api::<DaemonSet>::all(client.clone()),
                     watcher::Config::default().labels(&ds),
-                ),
+                )
+                .modify(trim::managed_fields),
             )
             .default_backoff()
             .touched_objects()
@@ -244,9 +283,11 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
             .await
         }
     };
-    let node_controller = Controller::new(
-        Api::<NodeModulesConfig>::all(client.clone()),
-        watcher::Config::default(),
+    // The node controller reads the shared NodeModulesConfig cache (no second watch of its
+    // own) and is triggered through `to_nmcs`, by its objects' changes among others.
+    let node_controller = Controller::for_stream(
+        futures::stream::pending::<Result<NodeModulesConfig, watcher::Error>>(),
+        nmcs.clone(),
     );
 
     let reporter = Reporter {
@@ -270,6 +311,13 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         plugin_pods: plugin_pods.clone(),
         plugin_daemonsets: plugin_daemonsets.clone(),
         recorder: Recorder::new(client.clone(), reporter),
+        nmc_specs: kmm_spoke::controller::nmc_spec::SpecWriter::new(
+            client.clone(),
+            nodes.clone(),
+            nmcs.clone(),
+            metrics.clone(),
+            leadership.clone(),
+        ),
         metrics: metrics.clone(),
     });
 
@@ -278,7 +326,15 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(module::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
+    // A short trailing debounce lets the completions of several worker pods on one node fold
+    // into one pass (one label patch, one status write, one event); bounded concurrency keeps
+    // the API server's queue short while a whole cluster loads at once.
     let node_controller = node_controller
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(NODE_DEBOUNCE)
+                .concurrency(NODE_CONCURRENCY),
+        )
         .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(nmc_triggers))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(node::reconcile, error_policy, ctx.clone())
@@ -352,6 +408,7 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     tasks.spawn(claims);
     tasks.spawn(caches);
     tasks.spawn(modules_gauge);
+    tasks.spawn(module_ticks);
     tokio::select! {
         _ = shutdown.cancelled() => {}
         r = drivers => tracing::warn!(result = ?r.err(), "watch streams ended"),

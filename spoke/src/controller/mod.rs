@@ -4,6 +4,7 @@
 pub mod claim;
 pub mod module;
 pub mod namespace;
+pub mod nmc_spec;
 pub mod node;
 
 use std::sync::Arc;
@@ -56,8 +57,24 @@ pub struct Context {
     pub plugin_daemonsets: Store<DaemonSet>,
     /// Event recorder.
     pub recorder: Recorder,
+    /// The writer of NodeModulesConfig specs.
+    pub nmc_specs: nmc_spec::SpecWriter,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// Publishes an event about `regarding` (or counts up its series), counted as a write.
+    pub async fn publish(
+        &self,
+        ev: &kmm_runtime::events::Event,
+        regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    ) {
+        match self.recorder.publish(ev, regarding).await {
+            Ok(()) => self.metrics.wrote(crate::metrics::Wrote::event),
+            Err(e) => tracing::warn!(error = %e, object = ?regarding.name, reason = %ev.reason, "publishing event"),
+        }
+    }
 }
 
 /// Errors of a reconcile; they are logged, counted and retried with backoff.

@@ -2,9 +2,8 @@
 //! node, runs its device plugin DaemonSet, reports its status, and on deletion keeps the Module
 //! until the node controllers have unloaded it everywhere.
 //!
-//! Each Module applies its NodeModulesConfig entries with a field manager of its own. The
-//! entries form a list map keyed by namespace and name, so server-side apply merges the Modules'
-//! entries, and applying an empty list removes exactly this Module's entry.
+//! The entries go through [`SpecWriter`](super::nmc_spec::SpecWriter), which writes what every
+//! Module wants on a node in one request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,18 +20,10 @@ use shared_api::module::{DaemonSetStatus, Module, ModuleStatus};
 use shared_api::nmc::{NodeModuleSpec, NodeModuleStatus, NodeModulesConfig};
 
 use super::{Context, Error, FINALIZER, RESYNC, is_not_found, kube_err};
+use crate::metrics::Wrote;
 use crate::plan::ModuleKey;
 use crate::plan::device_plugin;
 use crate::plan::module_plan::{ModulePlan, PlanError, loader_status, plan_module};
-
-/// Field manager under which a Module's NodeModulesConfig entries are applied.
-pub fn field_manager(key: &ModuleKey) -> String {
-    let m = format!("kmm-spoke.module.{}.{}", key.namespace, key.name);
-    if m.len() <= 128 {
-        return m;
-    }
-    format!("kmm-spoke.module.{}", crate::plan::short_sha256(m.as_bytes(), 8))
-}
 
 fn nmc_entry<'a>(nmc: &'a NodeModulesConfig, key: &ModuleKey) -> Option<&'a NodeModuleSpec> {
     nmc.spec
@@ -48,77 +39,6 @@ pub(super) fn nmc_has_status(nmc: &NodeModulesConfig, key: &ModuleKey) -> bool {
             .iter()
             .any(|m| m.namespace == key.namespace && m.name == key.name)
     })
-}
-
-/// Applies this Module's entry in the NodeModulesConfig of `node` (created if missing, owned by
-/// the Node so it is garbage collected with it).
-async fn apply_entry(ctx: &Context, node: &str, entry: &NodeModuleSpec, key: &ModuleKey) -> Result<(), Error> {
-    let owner = ctx
-        .nodes
-        .get(&kube::runtime::reflector::ObjectRef::new(node))
-        .and_then(|n| n.controller_owner_ref(&()))
-        .map(|mut o| {
-            // The Node owns its NodeModulesConfig (garbage collected with it), but does not control it.
-            o.controller = None;
-            o.block_owner_deletion = None;
-            o
-        });
-    let body = json!({
-        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1",
-        "kind": "NodeModulesConfig",
-        "metadata": { "name": node, "ownerReferences": owner.map(|o| vec![o]).unwrap_or_default() },
-        "spec": { "modules": [entry] },
-    });
-    let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
-    api.patch(
-        node,
-        &PatchParams::apply(&field_manager(key)).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(kube_err(format!("applying {key} to NodeModulesConfig {node}")))?;
-    ctx.metrics.api_writes.inc();
-    Ok(())
-}
-
-/// Removes this Module's entry from the NodeModulesConfig of `node`. A JSON patch that first
-/// tests the entry's identity at its index, so a concurrent change by another Module can never
-/// make it remove the wrong entry (it fails and is retried instead).
-async fn withdraw_entry(ctx: &Context, node: &str, key: &ModuleKey) -> Result<(), Error> {
-    let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
-    let what = || format!("withdrawing {key} from NodeModulesConfig {node}");
-    for _ in 0..5 {
-        let Some(nmc) = api.get_opt(node).await.map_err(kube_err(what()))? else {
-            return Ok(());
-        };
-        let Some(i) = nmc
-            .spec
-            .modules
-            .iter()
-            .position(|m| m.namespace == key.namespace && m.name == key.name)
-        else {
-            return Ok(());
-        };
-        let patch: json_patch::Patch = serde_json::from_value(json!([
-            { "op": "test", "path": format!("/spec/modules/{i}/namespace"), "value": key.namespace },
-            { "op": "test", "path": format!("/spec/modules/{i}/name"), "value": key.name },
-            { "op": "remove", "path": format!("/spec/modules/{i}") },
-        ]))
-        .expect("a well-formed JSON patch");
-        match api
-            .patch(node, &PatchParams::default(), &Patch::<()>::Json(patch))
-            .await
-        {
-            Ok(_) => {
-                ctx.metrics.api_writes.inc();
-                return Ok(());
-            }
-            // The list moved under us: read it again.
-            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => continue,
-            Err(e) => return Err(kube_err(what())(e)),
-        }
-    }
-    Err(Error::Missing(what(), "a stable entry after 5 attempts"))
 }
 
 /// Sets `Degraded` for `reason`, and says it in a Warning event and the log once per distinct
@@ -161,9 +81,7 @@ async fn publish(ctx: &Context, module: &Module, type_: EventType, reason: &str,
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &module.object_ref(&())).await {
-        tracing::warn!(error = %e, "publishing event");
-    }
+    ctx.publish(&ev, &module.object_ref(&())).await;
 }
 
 async fn patch_status(ctx: &Context, module: &Module, status: ModuleStatus) -> Result<(), Error> {
@@ -178,7 +96,7 @@ async fn patch_status(ctx: &Context, module: &Module, status: ModuleStatus) -> R
     )
     .await
     .map_err(kube_err(format!("updating the status of Module {}", module.name_any())))?;
-    ctx.metrics.api_writes.inc();
+    ctx.metrics.wrote(Wrote::module_status);
     Ok(())
 }
 
@@ -211,10 +129,20 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
     let mut status = module.status.clone().unwrap_or_default();
 
     if module.metadata.deletion_timestamp.is_some() {
-        for nmc in ctx.nmcs.state() {
-            if nmc_entry(&nmc, &key).is_some() {
-                withdraw_entry(ctx, &nmc.name_any(), &key).await?;
-            }
+        let withdrawals = ctx
+            .nmcs
+            .state()
+            .into_iter()
+            .filter(|n| nmc_entry(n, &key).is_some())
+            .map(|n| ctx.nmc_specs.change(n.name_any(), key.clone(), None))
+            .collect::<Vec<_>>();
+        if let Some(e) = futures::future::join_all(withdrawals)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+        {
+            tracing::warn!(module = %key, error = %e, "could not withdraw the module from a node; retrying");
+            return Ok(Action::requeue(Duration::from_secs(5)));
         }
         let loaded: Vec<String> = ctx
             .nmcs
@@ -250,7 +178,7 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
                 .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => ctx.metrics.wrote(Wrote::module_finalizer),
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(kube_err(format!("removing the finalizer of Module {key}"))(e)),
             }
@@ -267,6 +195,7 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
         api.patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map_err(kube_err(format!("adding the finalizer to Module {key}")))?;
+        ctx.metrics.wrote(Wrote::module_finalizer);
         // The update triggers another reconcile with the finalizer in place.
         return Ok(Action::await_change());
     }
@@ -314,26 +243,26 @@ async fn reconcile_inner(module: &Module, ctx: &Context) -> Result<Action, Error
     tracing::debug!(module = %key, targeted = plan.entries.len(), matching = plan.nodes_matching_selector, skipped = ?plan.skipped, "planned");
     // One node whose NodeModulesConfig cannot be written does not hold the others back: the
     // failures are collected and said on the Module, and retried.
-    let mut node_failures: Vec<String> = Vec::new();
+    // The writes go out together (the writer folds them with other Modules' for the same node).
+    let mut writes = Vec::new();
     for (node, entry) in &plan.entries {
         let current = ctx.nmcs.get(&kube::runtime::reflector::ObjectRef::new(node));
-        if current.as_deref().and_then(|n| nmc_entry(n, &key)) != Some(entry)
-            && let Err(e) = apply_entry(ctx, node, entry, &key).await
-        {
-            tracing::warn!(module = %key, node = %node, error = %e, "could not update the node");
-            node_failures.push(e.brief());
+        if current.as_deref().and_then(|n| nmc_entry(n, &key)) != Some(entry) {
+            writes.push(ctx.nmc_specs.change(node.clone(), key.clone(), Some(entry.clone())));
         }
     }
     for nmc in ctx.nmcs.state() {
         let node = nmc.name_any();
-        if nmc_entry(&nmc, &key).is_some()
-            && !plan.entries.contains_key(&node)
-            && let Err(e) = withdraw_entry(ctx, &node, &key).await
-        {
-            tracing::warn!(module = %key, node = %node, error = %e, "could not update the node");
-            node_failures.push(e.brief());
+        if nmc_entry(&nmc, &key).is_some() && !plan.entries.contains_key(&node) {
+            writes.push(ctx.nmc_specs.change(node, key.clone(), None));
         }
     }
+    let node_failures: Vec<String> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| e.to_string())
+        .collect();
 
     // A DaemonSet the API server refuses is said on the Module; the loader part goes on.
     let (plugin, plugin_error) = match reconcile_device_plugin(module, &key, ctx, &plan).await {
@@ -508,7 +437,7 @@ async fn delete_daemonset(ctx: &Context, key: &ModuleKey, name: &str) -> Result<
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &key.namespace);
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => {
-            ctx.metrics.api_writes.inc();
+            ctx.metrics.wrote(Wrote::daemonset);
             tracing::info!(module = %key, daemonset = name, "device plugin DaemonSet deleted");
             Ok(())
         }
@@ -592,7 +521,7 @@ async fn reconcile_device_plugin(
         if matches!(patch, Patch::Json(_)) {
             tracing::info!(daemonset = %name, module = %key, "took over upstream KMM's device plugin DaemonSet");
         }
-        ctx.metrics.api_writes.inc();
+        ctx.metrics.wrote(Wrote::daemonset);
         applied
     };
     let mut desired = 0;

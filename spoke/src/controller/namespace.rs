@@ -13,6 +13,7 @@ use shared_api::labels::CONTAINS_MODULES_LABEL;
 
 use super::module::nmc_has_status;
 use super::{Context, Error, is_not_found, kube_err};
+use crate::metrics::Wrote;
 use crate::plan::ModuleKey;
 
 /// Namespaces this process has labelled, so a Module's reconcile costs no write once its
@@ -40,7 +41,7 @@ async fn patch_label(ctx: &Context, ns: &str, value: Option<&str>) -> Result<(),
     let patch = json!({ "metadata": { "labels": { CONTAINS_MODULES_LABEL: value } } });
     match api.patch(ns, &PatchParams::default(), &Patch::Merge(patch)).await {
         Ok(_) => {
-            ctx.metrics.api_writes.inc();
+            ctx.metrics.wrote(Wrote::namespace);
             Ok(())
         }
         // Gone with its namespace: nothing to label.

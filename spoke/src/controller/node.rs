@@ -19,9 +19,11 @@ use shared_api::labels;
 use shared_api::nmc::{NodeModuleStatus, NodeModulesConfig};
 
 use super::{Context, Error, RESYNC, is_conflict, is_not_found, kube_err};
+use crate::metrics::Wrote;
 use crate::plan::ModuleKey;
 use crate::plan::device_plugin;
 use crate::plan::node_plan::{Action as WorkerAction, EventType, NodeState, PodPhase, Step, plan_node};
+use crate::plan::node_writes;
 use crate::plan::selection::NodeView;
 use crate::plan::worker_pod;
 
@@ -105,16 +107,25 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
     });
     steps.extend(plugin_ready_labels(&view, &plugins));
     tracing::debug!(node = %name, spec = nmc.spec.modules.len(), pods = pods.len(), ?steps, "node plan");
+    let writes = node_writes::fold(steps);
 
-    let mut status = status;
-    // Status writes carry the resourceVersion they were computed from: a cache that lags behind
-    // an earlier write of ours (or anyone's) makes the write fail instead of dropping an entry,
-    // and the steps after it (the ModuleLoaded event) wait for a pass over fresh state.
-    let mut version = nmc.resource_version();
-    let mut requeue = RESYNC;
-    for step in steps {
+    if !writes.labels.is_empty() {
+        patch_labels(ctx, &name, &writes.labels).await?;
+    }
+    if !writes.status.is_empty() {
+        // The status write carries the resourceVersion it was computed from: a cache that lags
+        // behind an earlier write of ours (or anyone's) makes it fail instead of dropping an
+        // entry, and what follows (the pods, the ModuleLoaded event) waits for a pass over fresh
+        // state.
+        let mut status = status;
+        node_writes::apply_status(&mut status, &writes.status);
+        if !write_status(ctx, &name, nmc.resource_version().as_deref(), &status).await? {
+            return Ok(Action::requeue(STALE_RETRY));
+        }
+    }
+    let mut requeue = writes.requeue.map_or(RESYNC, |d| d.min(RESYNC));
+    for step in writes.pods {
         match step {
-            Step::Labels(changes) => patch_labels(ctx, &name, changes).await?,
             Step::CreatePod { action, entry, attempt } => {
                 let owner = nmc
                     .controller_owner_ref(&())
@@ -123,7 +134,7 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &entry.namespace);
                 match api.create(&PostParams::default(), &pod).await {
                     Ok(_) => {
-                        ctx.metrics.api_writes.inc();
+                        ctx.metrics.wrote(Wrote::pod_create);
                         tracing::info!(node = %name, module = %format!("{}/{}", entry.namespace, entry.name), action = action.as_str(), attempt, "worker pod created");
                     }
                     // Same name still terminating, or created by a previous run: look again soon.
@@ -147,9 +158,7 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
                             action: "Reconcile".into(),
                             secondary: None,
                         };
-                        if let Err(pe) = ctx.recorder.publish(&ev, &node.object_ref(&())).await {
-                            tracing::warn!(error = %pe, node = %name, "publishing event");
-                        }
+                        ctx.publish(&ev, &node.object_ref(&())).await;
                         return Err(kube_err(format!("creating worker pod on {name}"))(e));
                     }
                 }
@@ -160,9 +169,7 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
                 };
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
                 match api.delete(&pod, &DeleteParams::background()).await {
-                    Ok(_) => {
-                        ctx.metrics.api_writes.inc();
-                    }
+                    Ok(_) => ctx.metrics.wrote(Wrote::pod_delete),
                     Err(e) if is_not_found(&e) => {}
                     Err(e) => return Err(kube_err(format!("deleting worker pod {ns}/{pod}"))(e)),
                 }
@@ -178,44 +185,26 @@ async fn reconcile_inner(nmc: &NodeModulesConfig, ctx: &Context) -> Result<Actio
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.entry.namespace);
                 let patch = json!({ "metadata": { "annotations": { worker_pod::REPORTED_ANNOTATION: "true" } } });
                 match api.patch(&pod, &PatchParams::default(), &Patch::Merge(patch)).await {
-                    Ok(_) => {
-                        ctx.metrics.api_writes.inc();
-                    }
+                    Ok(_) => ctx.metrics.wrote(Wrote::pod_patch),
                     Err(e) if is_not_found(&e) => {}
                     Err(e) => return Err(kube_err(format!("marking worker pod {pod} reported"))(e)),
                 }
             }
-            Step::RecordLoaded(s) => {
-                status.retain(|m| !(m.namespace == s.namespace && m.name == s.name));
-                status.push(s);
-                if !write_status(ctx, &name, &mut version, &status).await? {
-                    return Ok(Action::requeue(STALE_RETRY));
-                }
-            }
-            Step::ForgetStatus(key) => {
-                status.retain(|m| !(m.namespace == key.namespace && m.name == key.name));
-                if !write_status(ctx, &name, &mut version, &status).await? {
-                    return Ok(Action::requeue(STALE_RETRY));
-                }
-            }
-            Step::Event { type_, reason, message } => {
-                let type_ = match type_ {
-                    EventType::Normal => KubeEventType::Normal,
-                    EventType::Warning => KubeEventType::Warning,
-                };
-                let ev = Event {
-                    type_,
-                    reason: reason.into(),
-                    note: Some(message),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                };
-                if let Err(e) = ctx.recorder.publish(&ev, &node.object_ref(&())).await {
-                    tracing::warn!(error = %e, node = %name, "publishing event");
-                }
-            }
-            Step::RequeueAfter(d) => requeue = requeue.min(d),
+            other => tracing::error!(node = %name, step = ?other, "not a worker pod step; skipped"),
         }
+    }
+    for e in writes.events {
+        let ev = Event {
+            type_: match e.type_ {
+                EventType::Normal => KubeEventType::Normal,
+                EventType::Warning => KubeEventType::Warning,
+            },
+            reason: e.reason.into(),
+            note: Some(e.message),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        ctx.publish(&ev, &node.object_ref(&())).await;
     }
     Ok(Action::requeue(requeue))
 }
@@ -234,7 +223,7 @@ async fn clean_upstream_pod(ctx: &Context, pod: &Pod, leftover: worker_pod::Left
         let patch = json!({ "metadata": { "finalizers": rest, "resourceVersion": pod.resource_version() } });
         match api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
             Ok(_) => {
-                ctx.metrics.api_writes.inc();
+                ctx.metrics.wrote(Wrote::pod_patch);
             }
             // Gone, or changed since: the next pass sees it as it is.
             Err(e) if is_not_found(&e) || is_conflict(&e) => return Ok(()),
@@ -249,7 +238,7 @@ async fn clean_upstream_pod(ctx: &Context, pod: &Pod, leftover: worker_pod::Left
     if leftover.delete {
         match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => {
-                ctx.metrics.api_writes.inc();
+                ctx.metrics.wrote(Wrote::pod_delete);
             }
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(kube_err(format!("deleting upstream's worker pod {ns}/{name}"))(e)),
@@ -287,32 +276,31 @@ fn plugin_ready_labels(node: &NodeView, plugins: &[&Arc<Pod>]) -> Option<Step> {
     (!changes.is_empty()).then_some(Step::Labels(changes))
 }
 
-async fn patch_labels(ctx: &Context, node: &str, changes: BTreeMap<String, Option<String>>) -> Result<(), Error> {
+async fn patch_labels(ctx: &Context, node: &str, changes: &BTreeMap<String, Option<String>>) -> Result<(), Error> {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let patch = json!({ "metadata": { "labels": changes } });
     api.patch(node, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(kube_err(format!("labelling node {node}")))?;
-    ctx.metrics.api_writes.inc();
+    ctx.metrics.wrote(Wrote::node_labels);
     Ok(())
 }
 
 /// How soon to look again when the NodeModulesConfig changed under a status write.
 const STALE_RETRY: Duration = Duration::from_millis(500);
 
-/// Writes the whole status list if the object is still at `version`, and moves `version` on.
-/// `false` when it changed since (409): nothing was written, the caller looks again soon.
+/// Writes the whole status list if the object is still at `version`. `false` when it changed
+/// since (409): nothing was written, the caller looks again soon.
 async fn write_status(
     ctx: &Context,
     name: &str,
-    version: &mut Option<String>,
+    version: Option<&str>,
     modules: &[NodeModuleStatus],
 ) -> Result<bool, Error> {
     let api: Api<NodeModulesConfig> = Api::all(ctx.client.clone());
-    match write_status_at(&api, name, version.as_deref(), modules).await {
-        Ok(Some(v)) => {
-            ctx.metrics.api_writes.inc();
-            *version = Some(v);
+    match write_status_at(&api, name, version, modules).await {
+        Ok(Some(_)) => {
+            ctx.metrics.wrote(Wrote::nmc_status);
             Ok(true)
         }
         Ok(None) => {

@@ -4,6 +4,7 @@
 pub mod device_plugin;
 pub mod module_plan;
 pub mod node_plan;
+pub mod node_writes;
 pub mod selection;
 pub mod worker_pod;
 

@@ -95,6 +95,8 @@ pub struct WorkerPodView {
     pub phase: PodPhase,
     /// Whether its failure has been reported already.
     pub reported: bool,
+    /// When its worker container finished, if it has.
+    pub finished_at: Option<Timestamp>,
 }
 
 impl WorkerPodView {
@@ -171,6 +173,11 @@ pub enum Step {
 pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(10u64.saturating_mul(1 << attempt.min(5)).min(300))
 }
+
+/// How long a finished load waits for the other loads in flight on its node before it is
+/// recorded, so that loads finishing close together on one node are recorded, labelled and
+/// announced in one pass (one write of each) rather than one pass each.
+pub const SIBLING_HOLD: Duration = Duration::from_secs(3);
 
 /// How often to look again while waiting for a device plugin pod to leave a node.
 pub const DEVICE_PLUGIN_POLL: Duration = Duration::from_secs(5);
@@ -285,6 +292,13 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
         *requeue = Some(requeue.map_or(d, |r| r.min(d)));
     };
 
+    // Another module's load in flight on this node, from this boot.
+    let siblings_loading = |key: &ModuleKey| {
+        state
+            .pods
+            .iter()
+            .any(|p| &p.key() != key && p.action == Action::Load && p.phase.in_flight() && p.boot_id == node.boot_id)
+    };
     let mut keys: BTreeSet<ModuleKey> = state.spec.iter().map(key_of_spec).collect();
     keys.extend(state.status.iter().map(key_of_status));
     keys.extend(state.pods.iter().map(WorkerPodView::key));
@@ -334,8 +348,17 @@ pub fn plan_node(state: &NodeState<'_>) -> Vec<Step> {
                     if from_this_boot && pod.entry.config.kernel_version == node.kernel =>
                 {
                     let s = status_from(&pod.entry, &node.boot_id, state.now);
+                    let held = pod
+                        .finished_at
+                        .map(|t| state.now.duration_since(t).unsigned_abs())
+                        .filter(|age| *age < SIBLING_HOLD && siblings_loading(key));
                     if loaded.is_some_and(|l| l.config == s.config && l.version == s.version) {
                         steps.push(Step::DeletePod(pod.name.clone()));
+                    } else if let Some(age) = held {
+                        // Not recorded yet: nothing is ready before it is, and no second load
+                        // starts meanwhile.
+                        in_flight = true;
+                        wait(SIBLING_HOLD - age, &mut requeue);
                     } else {
                         steps.push(Step::RecordLoaded(s.clone()));
                         steps.push(Step::Event {
@@ -568,6 +591,7 @@ mod tests {
             attempt: 0,
             phase,
             reported: false,
+            finished_at: None,
         }
     }
 
@@ -598,6 +622,51 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_finished_load_waits_briefly_for_the_loads_beside_it() {
+        let a = entry(K1, "r/a:1");
+        let b = NodeModuleSpec {
+            name: "b".into(),
+            ..entry(K1, "r/b:1")
+        };
+        let n = node(K1, "b1", &[]);
+        let a_done = WorkerPodView {
+            finished_at: Some(ts(10)),
+            ..pod(Action::Load, &a, "b1", PodPhase::Succeeded)
+        };
+        let b_running = WorkerPodView {
+            name: "w-load-b".into(),
+            ..pod(Action::Load, &b, "b1", PodPhase::InFlight)
+        };
+        let spec = [a.clone(), b.clone()];
+        // b still loads: a is not recorded (nor loaded again) yet.
+        assert_eq!(
+            plan(&n, &spec, &[], &[a_done.clone(), b_running.clone()], &[], 11),
+            [Step::RequeueAfter(Duration::from_secs(2))]
+        );
+        // b done too: both are recorded in the same pass.
+        let b_done = WorkerPodView {
+            phase: PodPhase::Succeeded,
+            finished_at: Some(ts(12)),
+            ..b_running.clone()
+        };
+        let steps = plan(&n, &spec, &[], &[a_done.clone(), b_done], &[], 12);
+        let recorded = steps.iter().filter(|s| matches!(s, Step::RecordLoaded(_))).count();
+        assert_eq!(recorded, 2, "{steps:?}");
+        // The wait is bounded: b still running 3s after a finished, a is recorded alone.
+        let steps = plan(&n, &spec, &[], &[a_done.clone(), b_running.clone()], &[], 13);
+        assert!(
+            steps.contains(&Step::RecordLoaded(status_from(&a, "b1", ts(13)))),
+            "{steps:?}"
+        );
+        // Nothing else in flight on the node: no wait at all.
+        let steps = plan(&n, &[a.clone()], &[], &[a_done], &[], 11);
+        assert!(
+            steps.contains(&Step::RecordLoaded(status_from(&a, "b1", ts(11)))),
+            "{steps:?}"
+        );
     }
 
     #[test]

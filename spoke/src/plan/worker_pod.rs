@@ -387,6 +387,7 @@ pub fn read_back(pod: &Pod) -> Option<WorkerPodView> {
         attempt: labels.get(ATTEMPT_LABEL).and_then(|a| a.parse().ok()).unwrap_or(0),
         phase,
         reported: annotations.contains_key(REPORTED_ANNOTATION),
+        finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
     })
 }
 
