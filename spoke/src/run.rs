@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a node pass waits for more changes of the same node.
 const NODE_DEBOUNCE: Duration = Duration::from_millis(300);
-/// How often the Modules named by changed NodeModulesConfigs are re-planned.
+/// How often the Modules concerned by changed NodeModulesConfigs and Nodes are re-planned.
 const MODULE_STATUS_TICK: Duration = Duration::from_secs(1);
 /// Node passes running at once.
 const NODE_CONCURRENCY: u16 = 32;
@@ -153,9 +153,9 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
     // A NodeModulesConfig or Node change re-plans the Modules it concerns at most once per tick
     // each: while a Module loads on hundreds of nodes, its status is written once a tick rather
     // than once per node. (Its own spec changes reach it at once, through its watch.)
-    let nmc_touched: Arc<std::sync::Mutex<std::collections::HashSet<ObjectRef<Module>>>> = Default::default();
+    let touched_modules: Arc<std::sync::Mutex<std::collections::HashSet<ObjectRef<Module>>>> = Default::default();
     let module_ticks = {
-        let (touched, tx, token) = (nmc_touched.clone(), to_modules.clone(), shutdown.clone());
+        let (touched, tx, token) = (touched_modules.clone(), to_modules.clone(), shutdown.clone());
         async move {
             let mut tick = tokio::time::interval(MODULE_STATUS_TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -175,10 +175,14 @@ pub async fn run(client: Client, opts: Options, shutdown: CancellationToken) -> 
             plugin_selector.clone(),
             daemonset_selector.clone(),
         );
-        let (nodes_to_modules, nodes_to_nmcs) = (nmc_touched.clone(), to_nmcs.clone());
+        let (nodes_to_modules, nodes_to_nmcs) = (touched_modules.clone(), to_nmcs.clone());
         let daemonsets_to_modules = to_modules.clone();
-        let (nmcs_to_modules, nmcs_to_self, workers_to_nmcs, plugins_to_nmcs) =
-            (nmc_touched.clone(), to_nmcs.clone(), to_nmcs.clone(), to_nmcs.clone());
+        let (nmcs_to_modules, nmcs_to_self, workers_to_nmcs, plugins_to_nmcs) = (
+            touched_modules.clone(),
+            to_nmcs.clone(),
+            to_nmcs.clone(),
+            to_nmcs.clone(),
+        );
         async move {
             let node_events = reflector::reflector(
                 nodes_w,
